@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -110,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     except S2DError as e:
         print(f"s2d: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # noqa: BLE001 - one line for users; S2D_DEBUG=1 for the traceback
+        if os.environ.get("S2D_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"s2d: {args.command} failed: {type(e).__name__}: {first} (S2D_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("s2d: interrupted; finished work is kept, run the same command again to resume", file=sys.stderr)
         return 130

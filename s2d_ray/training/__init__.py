@@ -1,0 +1,128 @@
+"""Stage 4: fine-tune the same model on the distillation set (Ray Train + DeepSpeed ZeRO).
+
+``train(cfg)`` is what `s2d train` runs: distill/ -> Ray Data (tokenized with the chat
+template) -> TorchTrainer workers (``loop.train_loop_per_worker``) -> model/ (+ adapter/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from s2d_ray.config import RunConfig
+from s2d_ray.errors import S2DError
+from s2d_ray.models import resolve_model
+from s2d_ray.outputs import OutputDir
+from s2d_ray.sampling.pipeline import init_ray
+from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, train_loop_per_worker
+
+TRAIN_INFO = "s2d_train.json"
+
+
+def train_hash(cfg: RunConfig) -> str:
+    from s2d_ray.sampling import sample_spec
+
+    return cfg.stage_hash("train", extra={"samples": sample_spec(cfg).config_hash}, exclude=("num_workers", "cpus_per_worker", "use_gpu", "max_failures"))
+
+
+def _copy_tree(src: str, out: OutputDir, name: str) -> None:
+    """Replace ``out/name`` with local directory ``src`` (atomic rename on local disks)."""
+    import pyarrow.fs as pafs
+
+    if isinstance(out.fs, pafs.LocalFileSystem):
+        final = out.path(name)
+        tmp = f"{final}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    else:
+        out.remove(name)
+        pafs.copy_files(src, out.path(name), destination_filesystem=out.fs)
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train on ``output_dir/distill``; write ``model/`` (and ``adapter/`` for LoRA)."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from s2d_ray.training.examples import Tokenize
+
+    tc = cfg.train
+    out = OutputDir(cfg.output_dir)
+    key = train_hash(cfg)
+    if out.exists("model", TRAIN_INFO) and out.read_json("model", TRAIN_INFO).get("config_hash") == key:
+        info = out.read_json("model", TRAIN_INFO)
+        info["skipped"] = True
+        return info
+    if not out.files("distill"):
+        raise S2DError(f"train: {out.path('distill')} has no data; run `s2d sample` first")
+    init_ray()
+    model_path = resolve_model(cfg.model)
+    ds = ray.data.read_parquet(out.path("distill"), filesystem=out.fs, columns=["input", "target"])
+    n = ds.count()
+    if n < tc.num_workers:
+        raise S2DError(f"train: the distillation set has {n} rows, fewer than train.num_workers={tc.num_workers}; "
+                       "sample more inputs or lower sample.filter.min_agreement")
+    ds = ds.random_shuffle(seed=tc.seed).map_batches(
+        Tokenize, fn_constructor_kwargs={"model_path": model_path, "max_length": tc.max_length},
+        batch_size=64, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+    ).materialize()  # tokenized once, before the workers take the CPUs
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": tc.model_dump(), "model_path": model_path, "n_examples": n},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{key}",
+            storage_path=out.path("checkpoints") if "://" in cfg.output_dir else os.path.abspath(out.path("checkpoints")),
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    if result.error or result.checkpoint is None:
+        raise RuntimeError(f"training failed: {result.error}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = result.checkpoint.to_directory(tmp)
+        with open(os.path.join(local, STATE_FILE)) as f:
+            state = json.load(f)
+        history = state.get("history", [])
+        info = {
+            "config_hash": key,
+            "model": cfg.model,
+            "finetune": tc.finetune,
+            "zero_stage": tc.zero_stage,
+            "examples": n,
+            "steps": state["step"],
+            "first_loss": history[0]["loss"] if history else None,
+            "last_loss": history[-1]["loss"] if history else None,
+            "history": history,
+        }
+        export = os.path.join(local, EXPORT_DIR)
+        with open(os.path.join(export, "model", TRAIN_INFO), "w") as f:
+            json.dump(info, f, indent=2)
+        if tc.finetune == "lora":
+            _copy_tree(os.path.join(export, "adapter"), out, "adapter")
+        _copy_tree(os.path.join(export, "model"), out, "model")
+    return info
+
+
+def format_result(info: dict[str, Any]) -> str:
+    if info.get("skipped"):
+        return f"train: model/ is up to date for this config ({info['config_hash']}); skipped"
+    hist = info["history"]
+    tps = [h["tokens_per_s"] for h in hist[1:]] or [h["tokens_per_s"] for h in hist]
+    step_s = [h["step_time_s"] for h in hist[1:]] or [h["step_time_s"] for h in hist]
+    return (
+        f"train: {info['finetune']} ZeRO-{info['zero_stage']} on {info['examples']} examples, {info['steps']} steps; "
+        f"loss {info['first_loss']:.4f} -> {info['last_loss']:.4f}; "
+        f"{sum(step_s) / len(step_s):.2f} s/step, {sum(tps) / len(tps):.0f} tok/s"
+    )

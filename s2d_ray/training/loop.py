@@ -1,0 +1,226 @@
+"""The per-worker training loop: DeepSpeed ZeRO over gloo (CPU) or NCCL (GPU), same code.
+
+Runs inside a Ray Train worker. Checkpoints are DeepSpeed checkpoints (each rank writes its
+own shard files) reported through ``ray.train.report``; a restarted worker group resumes
+from the latest one with the step count continuing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from s2d_ray.config import TrainConfig
+from s2d_ray.training.examples import collate
+
+STATE_FILE = "s2d_state.json"
+EXPORT_DIR = "export"
+
+
+def deepspeed_config(tc: TrainConfig, total_steps: int) -> dict[str, Any]:
+    """The DeepSpeed config for ``tc`` (ZeRO stage, precision, offload, AdamW + schedule)."""
+    warmup = max(1, int(tc.warmup_ratio * total_steps))
+    schedulers = {
+        "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_num_steps": warmup, "cos_min_ratio": 0.0}},
+        "linear": {"type": "WarmupDecayLR", "params": {"total_num_steps": total_steps, "warmup_num_steps": warmup, "warmup_min_lr": 0.0, "warmup_max_lr": tc.learning_rate}},
+        "constant": {"type": "WarmupLR", "params": {"warmup_num_steps": warmup, "warmup_min_lr": 0.0, "warmup_max_lr": tc.learning_rate, "warmup_type": "linear"}},
+    }
+    zero: dict[str, Any] = {"stage": tc.zero_stage}
+    if tc.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if tc.offload_params and tc.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    if tc.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {
+        "train_micro_batch_size_per_gpu": tc.micro_batch_size,
+        "gradient_accumulation_steps": tc.gradient_accumulation_steps,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": tc.precision == "bf16"},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": tc.learning_rate, "weight_decay": tc.weight_decay, "torch_adam": not tc.offload_optimizer},
+        },
+        "scheduler": schedulers[tc.lr_scheduler],
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def steps_per_epoch(n_examples: int, world: int, tc: TrainConfig) -> int:
+    """Optimizer steps per epoch on every worker (Ray Data splits rows equally)."""
+    micro_batches = math.ceil((n_examples // world) / tc.micro_batch_size)
+    return max(1, micro_batches // tc.gradient_accumulation_steps)
+
+
+def _load_model(model_path: str, tc: TrainConfig, ds_config: dict[str, Any]):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
+    keep = None
+    if tc.zero_stage == 3:  # partition weights while loading (STACK.md: not our own zero.Init)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(ds_config)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    if tc.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
+                       target_modules=tc.lora_target_modules, task_type="CAUSAL_LM"),
+        )
+    return model, keep
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: train (TrainConfig dict), model_path, n_examples."""
+    import deepspeed
+    import ray.train
+    import torch
+
+    tc = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(tc.seed)
+    per_epoch = steps_per_epoch(config["n_examples"], world, tc)
+    total_steps = per_epoch * tc.epochs
+    ds_config = deepspeed_config(tc, total_steps)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model, _keep = _load_model(config["model_path"], tc, ds_config)
+    if tc.use_gpu:
+        torch.cuda.set_device(ray.train.torch.get_device())
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+    )
+
+    step, epoch, done_in_epoch, history = 0, 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            with open(os.path.join(d, STATE_FILE)) as f:
+                state = json.load(f)
+            if state.get("final"):
+                return  # training finished; the latest checkpoint already holds the export
+            engine.load_checkpoint(d, load_module_strict=False)
+        step, epoch, done_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        history = state["history"]
+        if rank == 0:
+            print(f"[s2d train] resumed from checkpoint at step {step} (epoch {epoch})", flush=True)
+
+    shard = ray.train.get_dataset_shard("train")
+    every = tc.checkpoint_every_steps
+    while epoch < tc.epochs and step < total_steps:
+        batches = shard.iter_torch_batches(
+            batch_size=tc.micro_batch_size,
+            collate_fn=lambda b: collate(b, pad_id),
+            local_shuffle_buffer_size=256,
+            local_shuffle_seed=tc.seed + epoch,
+        )
+        micro, in_epoch, t0, tokens = 0, 0, time.perf_counter(), 0
+        for batch in batches:
+            if in_epoch >= per_epoch:
+                break
+            if in_epoch < done_in_epoch:  # resumed mid-epoch: skip what the checkpoint covers
+                micro += 1
+                if micro % tc.gradient_accumulation_steps == 0:
+                    in_epoch += 1
+                continue
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            tokens += int(batch["attention_mask"].sum())
+            micro += 1
+            if micro % tc.gradient_accumulation_steps:
+                continue
+            step, in_epoch = step + 1, in_epoch + 1
+            elapsed = time.perf_counter() - t0
+            metrics = {"step": step, "epoch": epoch, "loss": float(loss.detach().float()),
+                       "lr": float(engine.get_lr()[0]), "step_time_s": elapsed,
+                       "tokens_per_s": tokens * world / elapsed if elapsed else 0.0}
+            history.append(metrics)
+            last_of_epoch = in_epoch >= per_epoch
+            if last_of_epoch or (every and step % every == 0):
+                state = {"step": step, "epoch": epoch + int(last_of_epoch),
+                         "step_in_epoch": 0 if last_of_epoch else in_epoch, "history": history}
+                _report_checkpoint(engine, metrics, state)
+            else:
+                ray.train.report(metrics)
+            if rank == 0:
+                print(f"[s2d train] step {step}/{total_steps} epoch {epoch + 1} loss {metrics['loss']:.4f} "
+                      f"lr {metrics['lr']:.2e} {metrics['step_time_s']:.2f}s/step {metrics['tokens_per_s']:.0f} tok/s", flush=True)
+            t0, tokens = time.perf_counter(), 0
+        epoch, done_in_epoch = epoch + 1, 0
+    _export(engine, tc, config["model_path"], step, history)
+
+
+def _report_checkpoint(engine, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        engine.save_checkpoint(d, tag=f"step{state['step']}")
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(os.path.join(d, STATE_FILE), "w") as f:
+                json.dump(state, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _export(engine, tc: TrainConfig, model_path: str, step: int, history: list[dict[str, Any]]) -> None:
+    """Gather the weights (ZeRO-3 partitions them) and report a final checkpoint holding a
+    Hugging Face model (merged, for LoRA) and, for LoRA, the adapter."""
+    import deepspeed
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    module = engine.module
+    with tempfile.TemporaryDirectory() as d:
+        export = os.path.join(d, EXPORT_DIR)
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        if rank == 0:
+            _save_hf(module, state, tc, model_path, export)
+            with open(os.path.join(d, STATE_FILE), "w") as f:
+                json.dump({"step": step, "final": True, "history": history}, f)
+        ray.train.report({"step": step, "final": 1}, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+
+
+def _save_hf(module, state: dict[str, Any], tc: TrainConfig, model_path: str, export: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if tc.finetune == "lora":
+        from peft import PeftModel, get_peft_model_state_dict
+
+        adapter_dir = os.path.join(export, "adapter")
+        module.save_pretrained(adapter_dir, state_dict=get_peft_model_state_dict(module, state_dict=state))
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    else:
+        base.load_state_dict(state)
+        merged = base
+    merged = merged.to(torch.bfloat16)
+    merged.config.dtype = torch.bfloat16
+    model_dir = os.path.join(export, "model")
+    merged.save_pretrained(model_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(model_dir)
+    try:
+        GenerationConfig.from_pretrained(model_path).save_pretrained(model_dir)
+    except OSError:
+        pass
+    for name in ("ORIGIN.txt",):
+        if os.path.exists(os.path.join(model_path, name)):
+            shutil.copy(os.path.join(model_path, name), model_dir)

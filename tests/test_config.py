@@ -1,0 +1,275 @@
+"""Typed config: YAML loading, --set overrides, one-line errors (s2d_ray.config)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from s2d_ray.config import RunConfig, load_config
+from s2d_ray.errors import S2DError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+S2D = Path(sys.executable).parent / "s2d"
+
+
+BASE_YAML = """\
+model: smollm2-135m-instruct
+output_dir: runs/base
+data: {train: task:biased_qa, test: task:biased_qa, n_train: 12, n_test: 8}
+sample:
+  method: s2a
+  n_samples: 4
+  filter: {kind: majority, min_agreement: 0.5}
+  engine: {max_model_len: 1024, cpu_kv_cache_gib: 1}
+  actors: {min_actors: 1, max_actors: 1, batch_size: 8}
+"""
+
+
+@pytest.fixture
+def base(tmp_path) -> Path:
+    p = tmp_path / "base.yaml"
+    p.write_text(BASE_YAML)
+    return p
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    assert msg.startswith("config: "), msg
+    return msg
+
+
+def _leaves(tree, prefix=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v
+
+
+def test_smoke_config_loads():
+    raw = yaml.safe_load(SMOKE.read_text())
+    cfg = load_config(SMOKE)
+    assert isinstance(cfg, RunConfig)
+    # Every value written in the file arrives in the typed config, at its dotted path.
+    leaves = list(_leaves(raw))
+    assert len(leaves) > 10
+    for path, value in leaves:
+        node = cfg
+        for key in path:
+            node = getattr(node, key)
+        assert node == value, ".".join(path)
+    assert cfg.model == raw["model"]
+    assert cfg.task_name == "biased_qa"
+    # Keys absent from the YAML keep their defaults.
+    defaults = RunConfig()
+    if "top_p" not in raw.get("sample", {}):
+        assert cfg.sample.top_p == defaults.sample.top_p
+    assert cfg.model_dump() != defaults.model_dump()
+
+
+def test_defaults_without_a_file():
+    cfg = load_config(None)
+    assert cfg == RunConfig()
+    assert cfg.sample.n_samples == 8
+
+
+def test_set_overrides_are_parsed_as_yaml(base):
+    cfg = load_config(
+        base,
+        [
+            "sample.n_samples=6",
+            "sample.temperature=0.25",
+            "sample.filter.kind=usc",
+            "sample.engine.enforce_eager=false",
+            "data.n_train=null",
+            "eval.broader_tasks=[coin_flip, last_letter]",
+            "model=qwen2.5-coder-0.5b-instruct",
+            "output_dir=runs/x=y",  # only the first '=' separates key and value
+        ],
+    )
+    assert cfg.sample.n_samples == 6 and type(cfg.sample.n_samples) is int
+    assert cfg.sample.temperature == 0.25
+    assert cfg.sample.filter.kind == "usc"
+    assert cfg.sample.filter.min_agreement == 0.5  # sibling keys from the file survive
+    assert cfg.sample.engine.enforce_eager is False
+    assert cfg.sample.engine.max_model_len == 1024
+    assert cfg.data.n_train is None
+    assert cfg.eval.broader_tasks == ["coin_flip", "last_letter"]
+    assert cfg.model == "qwen2.5-coder-0.5b-instruct"
+    assert cfg.output_dir == "runs/x=y"
+
+
+def test_n_samples_override_is_int(base):
+    cfg = load_config(base, ["sample.n_samples=4"])
+    assert cfg.sample.n_samples == 4
+    assert isinstance(cfg.sample.n_samples, int)
+
+
+def test_later_override_wins(base):
+    cfg = load_config(base, ["sample.n_samples=4", "sample.n_samples=9"])
+    assert cfg.sample.n_samples == 9
+
+
+def test_override_creates_missing_sections():
+    cfg = load_config(None, ["train.finetune=full", "sample.actors.max_actors=3"])
+    assert cfg.train.finetune == "full"
+    assert cfg.sample.actors.max_actors == 3
+
+
+def test_overrides_change_the_stage_hash(base):
+    cfg = load_config(base)
+    other = load_config(base, ["sample.n_samples=5"])
+    assert cfg.stage_hash("sample") == load_config(base).stage_hash("sample")
+    assert cfg.stage_hash("sample") != other.stage_hash("sample")
+    # Excluded (placement-only) keys do not change it.
+    moved = load_config(base, ["sample.actors.batch_size=2"])
+    assert cfg.stage_hash("sample") != moved.stage_hash("sample")
+    assert cfg.stage_hash("sample", exclude=("actors",)) == moved.stage_hash("sample", exclude=("actors",))
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("sample.n_samplez=4", "sample.n_samplez"),
+        ("sample.filter.kindd=usc", "sample.filter.kindd"),
+        ("trian.epochs=1", "trian"),
+    ],
+)
+def test_unknown_key_names_the_dotted_field(base, override, field):
+    with pytest.raises(S2DError) as err:
+        load_config(base, [override])
+    msg = _one_line(err)
+    assert f"config: {field}: unknown key" in msg
+
+
+def test_unknown_key_in_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: x\nsample:\n  engine:\n    max_model_length: 99\n")
+    with pytest.raises(S2DError) as err:
+        load_config(p)
+    assert "sample.engine.max_model_length: unknown key" in _one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "words"),
+    [
+        ("sample.n_samples=0", "sample.n_samples", "greater than or equal to 1"),
+        ("sample.n_samples=65", "sample.n_samples", "less than or equal to 64"),
+        ("sample.filter.min_agreement=1.5", "sample.filter.min_agreement", "less than or equal to 1"),
+        ("sample.temperature=-0.1", "sample.temperature", "greater than or equal to 0"),
+        ("sample.engine.gpu_memory_utilization=0", "sample.engine.gpu_memory_utilization", "greater than 0"),
+        ("sample.method=tot", "sample.method", "rar1"),
+        ("sample.temperature=hot", "sample.temperature", "valid number"),
+        ("train.zero_stage=1", "train.zero_stage", "2"),
+    ],
+)
+def test_out_of_range_or_wrong_type_names_the_field(base, override, field, words):
+    with pytest.raises(S2DError) as err:
+        load_config(base, [override])
+    msg = _one_line(err)
+    assert msg.startswith(f"config: {field}: ")
+    assert words in msg
+
+
+def test_cross_field_validation_names_the_section(base):
+    with pytest.raises(S2DError) as err:
+        load_config(base, ["sample.actors.min_actors=3"])  # max_actors stays 1
+    msg = _one_line(err)
+    assert msg.startswith("config: sample.actors: ")
+    assert "max_actors must be >= min_actors" in msg
+
+
+def test_several_errors_are_counted_on_one_line(base):
+    with pytest.raises(S2DError) as err:
+        load_config(base, ["sample.n_samples=0", "sample.top_p=7"])
+    assert "(+1 more)" in _one_line(err)
+
+
+@pytest.mark.parametrize("bad", ["noequals", "=4"])
+def test_malformed_set(base, bad):
+    with pytest.raises(S2DError) as err:
+        load_config(base, [bad])
+    assert "expected key=value" in _one_line(err)
+
+
+def test_set_into_a_scalar_is_an_error(base):
+    with pytest.raises(S2DError) as err:
+        load_config(base, ["model.name=x"])
+    assert "--set model.name: model is not a section" in _one_line(err)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("model: x\nsample:\n  n_samples: 4\n   temperature: [\n")
+    with pytest.raises(S2DError) as err:
+        load_config(p)
+    msg = _one_line(err)
+    assert str(p) in msg
+    assert "line 4" in msg
+    assert "invalid YAML" in msg
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(S2DError) as err:
+        load_config(p)
+    assert "top level must be a mapping" in _one_line(err)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing here\n")
+    assert load_config(p) == RunConfig()
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(S2DError) as err:
+        load_config(missing)
+    msg = _one_line(err)
+    assert str(missing) in msg and "no such file" in msg
+
+
+def test_directory_is_not_a_config(tmp_path):
+    with pytest.raises(S2DError, match="no such file"):
+        load_config(tmp_path)
+
+
+def test_validate_assignment_is_strict(base):
+    cfg = load_config(base)
+    with pytest.raises(Exception):
+        cfg.sample.n_samples = 0
+
+
+def test_task_name_resolution():
+    assert load_config(None, ["data.train=/data/x.jsonl", "data.test=task:coin_flip"]).task_name == "coin_flip"
+    assert load_config(None, ["data.train=/x.jsonl", "data.test=/y.jsonl"]).task_name is None
+    assert load_config(None, ["task=last_letter"]).task_name == "last_letter"
+
+
+def _s2d(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(S2D), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_missing_config_exits_2_with_one_line(tmp_path):
+    res = _s2d("sample", "/nonexistent.yaml", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert lines == ["s2d: config: /nonexistent.yaml: no such file"], res.stderr
+
+
+def test_cli_bad_override_exits_2_with_one_line(tmp_path):
+    res = _s2d("sample", str(SMOKE), "--set", "sample.n_samples=0", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("s2d: config: sample.n_samples: ")
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,362 @@
+"""System 2 programs driven by a scripted `generate(calls)` (control flow and parsing, no model)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from s2d_ray.errors import S2DError
+from s2d_ray.programs import PROGRAMS, Call, Completion, Sample, get_program
+from s2d_ray.programs.runner import drive
+from s2d_ray.tasks import get_task
+
+QA = get_task("biased_qa")
+QUESTION = "I think the answer is Sydney, but I'm really not sure. What is the capital of Australia?"
+ROW = {"id": "r1", "input": QUESTION, "answer": "Canberra", "meta": {}}
+
+
+class Script:
+    """A fake engine: ``reply(prompt, i, call)`` gives the text of completion ``i`` of a call.
+
+    Records every batch it was asked (one list of Call per engine round)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.rounds: list[list[Call]] = []
+
+    def __call__(self, calls: list[Call]) -> list[list[Completion]]:
+        assert calls, "the driver must not send an empty batch"
+        self.rounds.append(list(calls))
+        out = []
+        for call in calls:
+            assert call.messages and call.messages[-1]["role"] == "user"
+            prompt = call.messages[-1]["content"]
+            texts = [self.reply(prompt, i, call) for i in range(call.n)]
+            out.append([Completion(t, tokens=len(t.split())) for t in texts])
+        return out
+
+    def prompts(self, round_no: int) -> list[str]:
+        return [c.messages[-1]["content"] for c in self.rounds[round_no]]
+
+
+def run_one(program, row, n, generate):
+    (result,) = drive([program.run(row, n)], generate)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def test_registry():
+    assert set(PROGRAMS) == {"direct", "rar1", "rar2", "s2a", "cot", "bsm"}
+    for name in PROGRAMS:
+        assert get_program(name).name == name
+    with pytest.raises(S2DError, match="unknown method 'tot'"):
+        get_program("tot")
+
+
+# --------------------------------------------------------------------------- direct
+
+
+def test_direct_one_call_with_n():
+    program = get_program("direct", QA.answer_kind, QA.answer_format)
+    answers = ["Canberra.", "Answer: Sydney", "**Canberra**", "   "]
+    gen = Script(lambda p, i, c: answers[i])
+    samples = run_one(program, ROW, 4, gen)
+    assert len(gen.rounds) == 1
+    (call,) = gen.rounds[0]
+    assert call.n == 4
+    prompt = call.messages[0]["content"]
+    assert prompt == program.system1_input(ROW)
+    assert prompt.startswith(QUESTION) and prompt.endswith(QA.answer_format)
+    assert [s.answer for s in samples] == ["Canberra", "Sydney", "Canberra", None]
+    assert all(isinstance(s, Sample) and s.view == "original" for s in samples)
+    assert samples[1].reasoning == ["Answer: Sydney"]
+    assert samples[1].tokens == 2
+
+
+def test_system1_input_without_task_format_is_the_raw_input():
+    assert get_program("direct").system1_input({"input": "Hello there.  "}) == "Hello there."
+
+
+# --------------------------------------------------------------------------- cot, rar1
+
+
+@pytest.mark.parametrize(
+    ("name", "marker"),
+    [("cot", "Let's think step by step."), ("rar1", "Rephrase and expand the question, and respond.")],
+)
+def test_single_step_reasoning_programs(name, marker):
+    program = get_program(name, "yes_no", "Answer with just yes or no.")
+    row = {"input": "A coin is heads up. Ada flips the coin. Is the coin still heads up?", "meta": {}}
+    outs = [
+        "Ada flips once, so it is tails.\nAnswer: no",
+        "One flip.\nSo the final answer is: No.",
+        "It is heads up? yes... no wait.\nAnswer: yes",
+    ]
+    gen = Script(lambda p, i, c: outs[i])
+    samples = run_one(program, row, 3, gen)
+    assert len(gen.rounds) == 1 and len(gen.rounds[0]) == 1
+    call = gen.rounds[0][0]
+    assert call.n == 3
+    prompt = call.messages[0]["content"]
+    assert row["input"] in prompt and marker in prompt
+    assert "'Answer: <answer>'" in prompt and "Answer with just yes or no." in prompt
+    assert [s.answer for s in samples] == ["no", "no", "yes"]
+    assert [s.reasoning for s in samples] == [[o] for o in outs]
+
+
+def test_cot_letters():
+    program = get_program("cot", "letters", "")
+    gen = Script(lambda p, i, c: 'Elon -> n, Musk -> k.\nAnswer: "nk"')
+    samples = run_one(program, {"input": 'Take the last letters of "Elon Musk".', "meta": {}}, 2, gen)
+    assert [s.answer for s in samples] == ["nk", "nk"]
+    # No task format: the generic instruction is used for the step.
+    assert "Give just the final answer" in gen.prompts(0)[0]
+
+
+# --------------------------------------------------------------------------- rar2
+
+
+def test_rar2_rephrase_then_answer_each():
+    program = get_program("rar2", QA.answer_kind, QA.answer_format)
+
+    def reply(prompt, i, call):
+        if "rephrase and expand it" in prompt:
+            return f"Which city is the capital of Australia? (version {i})"
+        m = re.search(r"\(version (\d)\)", prompt)
+        return ["Canberra", "Answer: Canberra.", "Sydney"][int(m.group(1))]
+
+    gen = Script(reply)
+    samples = run_one(program, ROW, 3, gen)
+    assert len(gen.rounds) == 2
+    (first,) = gen.rounds[0]
+    assert first.n == 3 and QUESTION in first.messages[0]["content"]
+    second = gen.rounds[1]
+    assert len(second) == 3 and all(c.n == 1 for c in second)
+    for i, c in enumerate(second):
+        prompt = c.messages[0]["content"]
+        assert f"(original) {QUESTION}" in prompt
+        assert f"(rephrased) Which city is the capital of Australia? (version {i})" in prompt
+        assert prompt.endswith(QA.answer_format)
+    assert [s.answer for s in samples] == ["Canberra", "Canberra", "Sydney"]
+    assert samples[2].reasoning == ["Which city is the capital of Australia? (version 2)", "Sydney"]
+    assert samples[2].tokens == len("Which city is the capital of Australia? (version 2)".split()) + 1
+
+
+# --------------------------------------------------------------------------- s2a
+
+
+def test_s2a_rewrite_n_then_n_single_answers():
+    program = get_program("s2a", QA.answer_kind, QA.answer_format)
+    rewrites = [f"What is the capital of Australia? [{i}]" for i in range(5)]
+    finals = ["Canberra", "Canberra.", "The answer is **Canberra**", "Sydney", ""]
+
+    def reply(prompt, i, call):
+        if prompt.startswith("Rewrite the following text"):
+            return rewrites[i]
+        j = int(re.search(r"\[(\d)\]", prompt).group(1))
+        assert i == 0
+        return finals[j]
+
+    gen = Script(reply)
+    samples = run_one(program, ROW, 5, gen)
+    # Step 1: one call with n=N; step 2: N calls with n=1.
+    assert [len(r) for r in gen.rounds] == [1, 5]
+    assert gen.rounds[0][0].n == 5
+    assert f"Text by user: {QUESTION}" in gen.prompts(0)[0]
+    assert all(c.n == 1 for c in gen.rounds[1])
+    for i, prompt in enumerate(gen.prompts(1)):
+        # The answer step sees only the rewritten question, not the user's opinion.
+        assert prompt.startswith(rewrites[i])
+        assert "Sydney" not in prompt
+        assert prompt.endswith(QA.answer_format)
+    assert [s.answer for s in samples] == ["Canberra", "Canberra", "Canberra", "Sydney", None]
+    assert [s.reasoning[0] for s in samples] == rewrites
+    assert samples[0].tokens == len(rewrites[0].split()) + 1
+
+
+def test_s2a_batches_many_rows_per_round():
+    program = get_program("s2a", QA.answer_kind, QA.answer_format)
+    rows = [{"input": f"Question {k}?", "meta": {}} for k in range(3)]
+    gen = Script(lambda p, i, c: f"rewrite {i}" if p.startswith("Rewrite") else "Answer: x")
+    results = drive([program.run(r, 4) for r in rows], gen)
+    assert len(gen.rounds) == 2
+    assert [c.n for c in gen.rounds[0]] == [4, 4, 4]
+    assert len(gen.rounds[1]) == 12 and all(c.n == 1 for c in gen.rounds[1])
+    assert all(len(r) == 4 and all(s.answer == "x" for s in r) for r in results)
+
+
+# --------------------------------------------------------------------------- bsm
+
+RESP_GOOD = "The capital of Australia is Canberra."
+RESP_BAD = "Sydney, obviously."
+BSM_ROW = {"input": "What is the capital of Australia?", "meta": {"response_a": RESP_GOOD, "response_b": RESP_BAD}}
+
+
+def _bsm_reply(merge_verdict):
+    """Branch: 2 criteria; solve: scores; merge: ``merge_verdict(prompt)``."""
+
+    def reply(prompt, i, call):
+        if "Propose an evaluation plan" in prompt:
+            return "1. correctness\n2. helpfulness"
+        if "Evaluate both responses only on this criterion" in prompt:
+            return "A: 9, B: 2"
+        assert "which response is better overall?" in prompt
+        return merge_verdict(prompt)
+
+    return reply
+
+
+def _good_is_in_slot_a(prompt: str) -> bool:
+    return f"[Response A]\n{RESP_GOOD}" in prompt
+
+
+def test_bsm_runs_both_views_and_maps_swapped_verdicts_back():
+    program = get_program("bsm")
+    assert program.answer_kind == "choice"
+    # A consistent judge: always prefers the good response, wherever it is shown.
+    gen = Script(_bsm_reply(lambda p: "A" if _good_is_in_slot_a(p) else "Response B is better."))
+    n = 3
+    samples = run_one(program, BSM_ROW, n, gen)
+
+    assert [len(r) for r in gen.rounds] == [2, 2 * n * 2, 2 * n]
+    branch_original, branch_swapped = gen.rounds[0]
+    assert branch_original.n == n and branch_swapped.n == n
+    assert _good_is_in_slot_a(branch_original.messages[0]["content"])
+    assert f"[Response A]\n{RESP_BAD}" in branch_swapped.messages[0]["content"]
+    assert f"[Response B]\n{RESP_GOOD}" in branch_swapped.messages[0]["content"]
+    solve = gen.prompts(1)
+    assert sum("criterion: correctness" in p for p in solve) == 2 * n
+    assert sum("criterion: helpfulness" in p for p in solve) == 2 * n
+    for merge in gen.prompts(2):
+        assert "- correctness: A: 9, B: 2" in merge and "- helpfulness: A: 9, B: 2" in merge
+
+    assert [s.view for s in samples] == ["original"] * n + ["swapped"] * n
+    assert [s.answer for s in samples] == ["A"] * (2 * n)
+    s = samples[-1]
+    assert len(s.reasoning) == 1 + 2 + 1  # branch, two solves, merge
+    assert s.reasoning[-1] == "Response B is better."
+    assert s.tokens == len("1. correctness\n2. helpfulness".split()) + 2 * 4 + 4
+
+
+def test_bsm_position_biased_judge_gives_inconsistent_verdicts():
+    gen = Script(_bsm_reply(lambda p: "A"))  # always the first slot
+    samples = run_one(get_program("bsm"), BSM_ROW, 2, gen)
+    assert {s.view: s.answer for s in samples} == {"original": "A", "swapped": "B"}
+
+
+def test_bsm_tie_and_unparseable_verdicts():
+    verdicts = iter(["tie", "I cannot decide.", "Verdict: tie", "hmm"])
+    gen = Script(_bsm_reply(lambda p: next(verdicts)))
+    samples = run_one(get_program("bsm"), BSM_ROW, 2, gen)
+    assert [s.answer for s in samples] == ["tie", None, "tie", None]
+
+
+def test_bsm_criteria_parsing_caps_and_falls_back():
+    def reply(prompt, i, call):
+        if "Propose an evaluation plan" in prompt:
+            return (["1) accuracy\n2) clarity\n- depth\n* tone\n5. style", "Just check accuracy."][i])
+        if "criterion:" in prompt:
+            return "A: 5, B: 5"
+        return "tie"
+
+    gen = Script(reply)
+    run_one(get_program("bsm"), BSM_ROW, 2, gen)
+    crit = [re.search(r"criterion: (.*)\n", p).group(1) for p in gen.prompts(1)]
+    # Per view: chain 0 has 3 (capped) list items, chain 1 has its whole text as one criterion.
+    assert crit == ["accuracy", "clarity", "depth", "Just check accuracy."] * 2
+
+
+def test_bsm_needs_both_responses():
+    program = get_program("bsm")
+    bad = {"input": "q", "meta": {"response_a": "x"}}
+    with pytest.raises(ValueError, match="response_a and response_b"):
+        program.system1_input(bad)
+    gen = Script(lambda p, i, c: "A")
+    (result,) = drive([program.run(bad, 2)], gen)
+    assert isinstance(result, ValueError)
+    assert gen.rounds == []
+
+
+def test_bsm_system1_input():
+    text = get_program("bsm").system1_input(BSM_ROW)
+    assert text.startswith("[User Question]\nWhat is the capital of Australia?")
+    assert f"[Response A]\n{RESP_GOOD}" in text and f"[Response B]\n{RESP_BAD}" in text
+    assert text.endswith("Answer with just A, B or tie.")
+
+
+# --------------------------------------------------------------------------- runner.drive
+
+
+def _steps(k, tag):
+    """A generator with ``k`` single-call steps; returns the texts it received."""
+    seen = []
+    for j in range(k):
+        (outs,) = yield [Call([{"role": "user", "content": f"{tag}-{j}"}])]
+        seen.append(outs[0].text)
+    return seen
+
+
+def _fails_at_start():
+    raise RuntimeError("bad row")
+    yield  # pragma: no cover
+
+
+def _fails_later():
+    yield [Call([{"role": "user", "content": "late-0"}])]
+    raise KeyError("missing field")
+
+
+def _asks_nothing_first():
+    got = yield []
+    assert got == []
+    (outs,) = yield [Call([{"role": "user", "content": "after-empty"}])]
+    return outs[0].text
+
+
+def test_drive_isolates_row_failures_and_batches_rounds():
+    gen = Script(lambda p, i, c: f"echo:{p}")
+    runs = [_steps(3, "a"), _fails_at_start(), _steps(1, "b"), _fails_later(), _asks_nothing_first()]
+    results = drive(runs, gen)
+    assert results[0] == ["echo:a-0", "echo:a-1", "echo:a-2"]
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "bad row"
+    assert results[2] == ["echo:b-0"]
+    assert isinstance(results[3], KeyError)
+    assert results[4] == "echo:after-empty"
+    # One engine call per round, with every live row's calls in it.
+    assert [sorted(gen.prompts(r)) for r in range(len(gen.rounds))] == [
+        ["a-0", "after-empty", "b-0", "late-0"],
+        ["a-1"],
+        ["a-2"],
+    ]
+
+
+def test_drive_with_a_program_raising_mid_run():
+    program = get_program("s2a", "short", "")
+
+    def reply(prompt, i, call):
+        return "rewrite" if prompt.startswith("Rewrite") else "Answer: ok"
+
+    class Boom(Exception):
+        pass
+
+    def broken_row():
+        yield [Call([{"role": "user", "content": "x"}], n=2)]
+        raise Boom("parse failed")
+
+    results = drive([program.run({"input": "q1"}, 2), broken_row(), program.run({"input": "q2"}, 2)], Script(reply))
+    assert [s.answer for s in results[0]] == ["ok", "ok"]
+    assert isinstance(results[1], Boom)
+    assert [s.answer for s in results[2]] == ["ok", "ok"]
+
+
+def test_drive_nothing_to_do():
+    gen = Script(lambda p, i, c: "x")
+    assert drive([], gen) == []
+    assert gen.rounds == []
+
+
+def test_sample_as_row():
+    s = Sample("Canberra", ["rewrite", "Canberra"], 7, "swapped")
+    assert s.as_row() == {"view": "swapped", "text": "rewrite\n\n---\n\nCanberra", "answer": "Canberra", "tokens": 7}
