@@ -24,6 +24,7 @@ INPUT_SCHEMA = pa.schema(
         ("meta", pa.string()),
         ("source", pa.string()),
         ("reject_reason", pa.string()),
+        ("job", pa.string()),
     ]
 )
 _JSONL = (".jsonl", ".json", ".ndjson")
@@ -37,7 +38,7 @@ def stable_id(text: str) -> str:
 
 def validate_record(obj: Any, source: str) -> dict[str, Any]:
     """Turn one parsed record into a validated row (rejected with a reason if invalid)."""
-    row: dict[str, Any] = {"id": None, "input": None, "answer": None, "meta": "{}", "source": source, "reject_reason": None}
+    row: dict[str, Any] = {"id": None, "input": None, "answer": None, "meta": "{}", "source": source, "reject_reason": None, "job": None}
 
     def reject(reason: str) -> dict[str, Any]:
         row["reject_reason"] = reason

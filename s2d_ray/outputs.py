@@ -20,6 +20,7 @@ SAMPLE_STRUCT = pa.struct([("view", pa.string()), ("text", pa.string()), ("answe
 RESULT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("job", pa.string()),  # which StageSpec produced the row (one engine can serve several)
         ("input", pa.string()),
         ("system1_input", pa.string()),
         ("answer", pa.string()),
@@ -34,7 +35,8 @@ RESULT_SCHEMA = pa.schema(
         ("n_samples", pa.int64()),
         ("config_hash", pa.string()),
         ("generated_tokens", pa.int64()),
-        ("latency_s", pa.float64()),
+        ("latency_s", pa.float64()),  # wall time of the engine batch the row ran in
+        ("batch_rows", pa.int64()),  # rows of its job in that batch
         ("samples", pa.list_(SAMPLE_STRUCT)),
     ]
 )

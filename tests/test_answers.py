@@ -229,3 +229,13 @@ def test_vote_key():
     assert vote_key(None) is None
     assert vote_key("") is None
     assert vote_key("...") is None
+
+
+@pytest.mark.xfail(
+    reason="answers.py vote_key/normalize: articles are stripped, so the choice 'A' and the letter "
+    "strings 'a'/'an' have no vote key (None) and 'a' and 'an' normalize to the same ''",
+    strict=True,
+)
+@pytest.mark.parametrize("answer", ["A", "a", "an"])
+def test_vote_key_keeps_single_letter_and_article_like_answers(answer):
+    assert vote_key(answer) == answer.lower()

@@ -168,6 +168,18 @@ def test_last_letter_known_example():
     assert not task.is_correct("Answer: nk", row)
 
 
+@pytest.mark.xfail(
+    reason="answers.py normalize strips articles and tasks/base.py Task.is_correct compares normalized "
+    "strings, so for a last_letter answer 'an' (e.g. \"Barbara Newton\") the wrong letters 'a' score "
+    "as correct (both normalize to '')",
+    strict=True,
+)
+def test_last_letter_article_like_answers_are_scored_exactly():
+    task = LastLetter()
+    assert not task.is_correct("Answer: a", {"answer": "an"})
+    assert not task.is_correct("Answer: the", {"answer": "an"})
+
+
 def test_last_letter_splits_are_disjoint_and_exhaust_the_items():
     task = LastLetter()
     everything = task.generate(len(ALL_NAMES), seed=0, split="all", k=1)

@@ -52,7 +52,7 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
     out = OutputDir(cfg.output_dir)
     spec = sample_spec(cfg)
     ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")
-    stats = run_stage(ds, spec, cfg.sample.actors, out, "samples")
+    stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples")
     n_kept, n_rejected = write_derived(out)
     total = out.read_tables("samples", columns=["status"])["status"].to_pylist()
     valid = sum(s != "rejected" for s in total)

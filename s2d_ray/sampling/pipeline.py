@@ -53,10 +53,9 @@ class StageStats:
     def update(self, batch: pa.Table) -> None:
         rows = batch.to_pylist()
         self.rows += len(rows)
-        live = [r for r in rows if r["status"] != "rejected"]
-        if live:
-            self.busy_s += max(r["latency_s"] or 0.0 for r in live)
         for r in rows:
+            if r["latency_s"] and r["batch_rows"]:
+                self.busy_s += r["latency_s"] / r["batch_rows"]
             setattr(self, r["status"], getattr(self, r["status"]) + 1)
             self.samples += len(r["samples"] or [])
             self.generated_tokens += r["generated_tokens"] or 0
@@ -125,18 +124,21 @@ def done_ids(out: OutputDir, subdir: str, config_hash: str) -> set[str]:
     return set(table["id"].to_pylist())
 
 
-def run_stage(ds, spec: StageSpec, actors: ActorPoolConfig, out: OutputDir, subdir: str) -> StageStats:
-    """Run ``spec`` over dataset ``ds`` and append results to ``out/subdir``; resumable."""
+def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: OutputDir, subdir: str) -> StageStats:
+    """Run ``specs`` (rows pick theirs by ``job``) over ``ds``; append results to ``out/subdir``.
+
+    Resumable: ids already in ``out/subdir`` are skipped. All specs share one config hash."""
     import ray.data
 
     stats = StageStats()
-    done = done_ids(out, subdir, spec.config_hash)
+    config_hash = next(iter(specs.values())).config_hash
+    done = done_ids(out, subdir, config_hash)
     stats.skipped_done = len(done)
     first_source = _duplicates(ds)
     ds = ds.map_batches(_screen, fn_kwargs={"done": done, "first_source": first_source}, batch_format="pyarrow")
     results = ds.map_batches(
         ProgramStage,
-        fn_constructor_kwargs={"spec": asdict(spec)},
+        fn_constructor_kwargs={"specs": {name: asdict(s) for name, s in specs.items()}},
         batch_size=actors.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors),

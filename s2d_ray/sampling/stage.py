@@ -65,11 +65,11 @@ def process_rows(
     runs, live = [], []
     for row in rows:
         res = {
-            "id": row["id"], "input": row["input"], "system1_input": None, "answer": row.get("answer"),
+            "id": row["id"], "job": row.get("job"), "input": row["input"], "system1_input": None, "answer": row.get("answer"),
             "meta": row.get("meta") or "{}", "source": row.get("source"), "status": "rejected",
             "reason": row.get("reject_reason"), "target": None, "agreement": None, "method": spec.method,
             "model": spec.model, "n_samples": spec.n_samples, "config_hash": spec.config_hash,
-            "generated_tokens": 0, "latency_s": None, "samples": [],
+            "generated_tokens": 0, "latency_s": None, "batch_rows": None, "samples": [],
         }
         out.append(res)
         if res["reason"]:
@@ -97,7 +97,7 @@ def process_rows(
         res["status"] = ("kept" if decision.kept else "dropped") if spec.filter else "answered"
     elapsed = time.perf_counter() - start
     for res in live:
-        res["latency_s"] = elapsed
+        res["latency_s"], res["batch_rows"] = elapsed, len(live)
     return out
 
 
@@ -110,22 +110,33 @@ def _chain(program: Program, spec: StageSpec, item: dict[str, Any]):
 
 
 class ProgramStage:
-    """Ray Data actor: one vLLM engine, one program; called once per batch of rows."""
+    """Ray Data actor: one vLLM engine; runs each row's job (a StageSpec) on its batch.
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    ``specs`` maps job names to specs that share the model and engine settings, so one
+    engine start serves e.g. System 1 and System 2 evaluation; rows name their job in the
+    ``job`` column (rows without one use the only spec)."""
+
+    def __init__(self, specs: dict[str, dict[str, Any]]) -> None:
         from s2d_ray.sampling.engine import Engine
 
-        self.spec = StageSpec(**spec)
-        cfg = EngineConfig(**self.spec.engine)
-        self.engine = Engine(self.spec.model, cfg, self.spec.temperature, self.spec.top_p, self.spec.max_tokens)
-        self.program = self.spec.program()
+        self.specs = {name: StageSpec(**s) for name, s in specs.items()}
+        first = next(iter(self.specs.values()))
+        cfg = EngineConfig(**first.engine)
+        self.engine = Engine(first.model, cfg, first.temperature, first.top_p, first.max_tokens)
+        self.programs = {name: s.program() for name, s in self.specs.items()}
         self.max_model_len = cfg.max_model_len
 
     def _prompt_tokens(self, text: str) -> int:
         return len(self.engine.prompt_ids(Call(user(text))))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = process_rows(
-            batch.to_pylist(), self.spec, self.program, self.engine.generate, self._prompt_tokens, self.max_model_len
-        )
+        default = next(iter(self.specs))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in batch.to_pylist():
+            groups.setdefault(row.get("job") or default, []).append(row)
+        rows: list[dict[str, Any]] = []
+        for job, group in groups.items():
+            spec = self.specs[job]
+            self.engine.temperature, self.engine.top_p, self.engine.max_tokens = spec.temperature, spec.top_p, spec.max_tokens
+            rows += process_rows(group, spec, self.programs[job], self.engine.generate, self._prompt_tokens, self.max_model_len)
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)

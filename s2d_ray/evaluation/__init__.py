@@ -1,0 +1,149 @@
+"""Stage 5: System 1 vs System 2 vs distilled System 1 on held-out inputs, plus how the
+distilled model changed on tasks it was not distilled on. ``evaluate(cfg)`` is `s2d eval`.
+
+Base-model jobs (System 1, System 2, broader tasks) share one engine; distilled-model jobs
+share another. Results stream into ``eval/base`` and ``eval/distilled`` and resume by id.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from s2d_ray.config import RunConfig
+from s2d_ray.errors import S2DError
+from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize
+from s2d_ray.evaluation.report import format_report, write_report
+from s2d_ray.inputs import read_inputs
+from s2d_ray.outputs import OutputDir
+from s2d_ray.sampling.pipeline import init_ray, run_stage
+from s2d_ray.sampling.stage import StageSpec
+
+BIASED = "biased"
+
+
+def _tag(batch: pa.Table, job: str) -> pa.Table:
+    """Mark rows with their job; ids get the job as prefix so results of jobs never collide."""
+    ids = pa.array([f"{job}/{i}" if i is not None else None for i in batch["id"].to_pylist()], pa.string())
+    batch = batch.set_column(batch.schema.get_field_index("id"), "id", ids)
+    return batch.set_column(batch.schema.get_field_index("job"), "job", pa.array([job] * batch.num_rows, pa.string()))
+
+
+def _specs(cfg: RunConfig, model: str, config_hash: str, system2: bool) -> dict[str, StageSpec]:
+    e, s = cfg.eval, cfg.sample
+    direct = dict(model=model, method="direct", n_samples=1, temperature=0.0, top_p=1.0, max_tokens=e.max_tokens,
+                  engine=s.engine.model_dump(), filter=None, config_hash=config_hash)
+    specs = {("system1" if system2 else "distilled"): StageSpec(**direct, task=cfg.task_name)}
+    if system2:
+        specs["system2"] = StageSpec(
+            model=model, method=s.method, n_samples=e.system2_samples or s.n_samples, temperature=s.temperature,
+            top_p=s.top_p, max_tokens=s.max_tokens, engine=s.engine.model_dump(), task=cfg.task_name,
+            filter=None, config_hash=config_hash)
+    for t in e.broader_tasks:
+        specs[f"broader:{t}"] = StageSpec(**direct, task=t)
+    return specs
+
+
+def _dataset(cfg: RunConfig, specs: dict[str, StageSpec]):
+    parts = []
+    for job in specs:
+        if job.startswith("broader:"):
+            ds = read_inputs(f"task:{job.split(':', 1)[1]}", cfg.eval.n_broader, cfg.data.seed, "test")
+        else:
+            ds = read_inputs(cfg.data.test, cfg.data.n_test, cfg.data.seed, "test")
+        parts.append(ds.map_batches(_tag, fn_kwargs={"job": job}, batch_format="pyarrow"))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _score(rows: list[dict[str, Any]], specs: dict[str, StageSpec]) -> list[dict[str, Any]]:
+    from s2d_ray.tasks import get_task
+
+    for r in rows:
+        spec = specs[r["job"]]
+        r["correct"] = None
+        r["meta_d"] = json.loads(r["meta"] or "{}")
+        if r["status"] == "rejected" or r["answer"] is None or not spec.task:
+            continue
+        text = r["samples"][0]["text"] if spec.method == "direct" else (r["target"] or "")
+        r["correct"] = get_task(spec.task).is_correct(text, {**r["meta_d"], "answer": r["answer"]})
+    return rows
+
+
+def _by_job(rows: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["job"] == job]
+
+
+def _outcomes(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    return {r["id"].split("/", 1)[1]: bool(r["correct"]) for r in rows if r["correct"] is not None}
+
+
+def evaluate(cfg: RunConfig) -> dict[str, Any]:
+    """Run all evaluation jobs (resumable) and write report.json/.md/.png."""
+    from s2d_ray.training import train_hash
+
+    out = OutputDir(cfg.output_dir)
+    if not out.exists("model", "config.json"):
+        raise S2DError(f"eval: no trained model at {out.path('model')}; run `s2d train` first")
+    init_ray()
+    base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"})})
+    dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg)})
+    base_specs = _specs(cfg, cfg.model, base_hash, system2=True)
+    dist_specs = _specs(cfg, out.path("model"), dist_hash, system2=False)
+    stats = {}
+    for name, specs in (("base", base_specs), ("distilled", dist_specs)):
+        stats[name] = run_stage(_dataset(cfg, specs), specs, cfg.sample.actors, out, f"eval/{name}").as_dict()
+    base = _score(out.read_tables("eval/base").to_pylist(), base_specs)
+    dist = _score(out.read_tables("eval/distilled").to_pylist(), dist_specs)
+
+    systems = {
+        "system1": summarize(_by_job(base, "system1")),
+        "system2": summarize(_by_job(base, "system2")),
+        "distilled": summarize(_by_job(dist, "distilled")),
+    }
+    subsets: dict[str, dict[str, Any]] = {}
+    variants = sorted({r["meta_d"].get("variant") for r in base if r["job"] == "system1"} - {None})
+    groups = {f"variant:{v}": (lambda r, v=v: r["meta_d"].get("variant") == v) for v in variants}
+    if "unbiased" in variants and len(variants) > 1:
+        groups[BIASED] = lambda r: r["meta_d"].get("variant") not in (None, "unbiased")
+    for group, keep in groups.items():
+        subsets[group] = {
+            "system1": summarize([r for r in _by_job(base, "system1") if keep(r)]),
+            "system2": summarize([r for r in _by_job(base, "system2") if keep(r)]),
+            "distilled": summarize([r for r in _by_job(dist, "distilled") if keep(r)]),
+        }
+    broader: dict[str, Any] = {}
+    pairs = [(f"broader:{t}", f"broader:{t}", t) for t in cfg.eval.broader_tasks]
+    for base_job, dist_job, label in pairs:
+        a, b = _outcomes(_by_job(base, base_job)), _outcomes(_by_job(dist, dist_job))
+        delta, ci, n = paired_bootstrap_delta(a, b, seed=cfg.data.seed)
+        broader[label] = {"base": sum(a.values()) / len(a) if a else None, "distilled": sum(b.values()) / len(b) if b else None,
+                          "delta": delta, "delta_ci95": list(ci), "n": n}
+    if "variant:unbiased" in subsets:
+        unb = lambda rows: [r for r in rows if r["meta_d"].get("variant") == "unbiased"]  # noqa: E731
+        a, b = _outcomes(unb(_by_job(base, "system1"))), _outcomes(unb(_by_job(dist, "distilled")))
+        delta, ci, n = paired_bootstrap_delta(a, b, seed=cfg.data.seed)
+        broader[f"{cfg.task_name}:unbiased"] = {"base": sum(a.values()) / len(a) if a else None,
+                                                "distilled": sum(b.values()) / len(b) if b else None,
+                                                "delta": delta, "delta_ci95": list(ci), "n": n}
+    report = {
+        "task": cfg.task_name,
+        "method": cfg.sample.method,
+        "model": cfg.model,
+        "output_dir": cfg.output_dir,
+        "systems": systems,
+        "subsets": subsets,
+        "broader": broader,
+        "stages": stats,
+    }
+    if out.exists("samples_summary.json"):
+        report["distillation_set"] = {k: v for k, v in out.read_json("samples_summary.json").items() if k != "this_run"}
+    if out.exists("model", "s2d_train.json"):
+        info = out.read_json("model", "s2d_train.json")
+        report["training"] = {k: info[k] for k in ("finetune", "zero_stage", "examples", "steps", "first_loss", "last_loss")}
+    write_report(out, report)
+    return report
+
+
+__all__ = ["evaluate", "format_report"]

@@ -1,0 +1,50 @@
+"""Accuracy with intervals, and per-system summaries of scored result rows."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_bootstrap_delta(a: dict[str, bool], b: dict[str, bool], reps: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float], int]:
+    """Accuracy of ``b`` minus ``a`` on their shared ids, with a paired bootstrap 95% interval."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return 0.0, (0.0, 0.0), 0
+    diffs = [int(b[i]) - int(a[i]) for i in ids]
+    rng = random.Random(seed)
+    n = len(diffs)
+    stats = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    return sum(diffs) / n, (stats[int(0.025 * reps)], stats[int(0.975 * reps) - 1]), n
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of one system over scored rows (keys: correct|None, generated_tokens, latency_s, batch_rows)."""
+    answered = [r for r in rows if r["status"] != "rejected"]
+    labelled = [r for r in answered if r["correct"] is not None]
+    correct = sum(bool(r["correct"]) for r in labelled)
+    tokens = sum(r["generated_tokens"] for r in answered)
+    busy = sum(r["latency_s"] / r["batch_rows"] for r in answered if r["latency_s"] and r["batch_rows"])
+    n = len(labelled)
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else None,
+        "accuracy_ci95": list(wilson(correct, n)) if n else None,
+        "mean_generated_tokens": tokens / len(answered) if answered else None,
+        "mean_latency_s": sum(r["latency_s"] or 0.0 for r in answered) / len(answered) if answered else None,
+        "tokens_per_s": tokens / busy if busy else None,
+        "rejected": len(rows) - len(answered),
+    }

@@ -1,0 +1,105 @@
+"""report.json (CONTRACT.md shape), report.md (tables to paste) and report.png."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from s2d_ray.outputs import OutputDir
+
+LABELS = {"system1": "System 1 (base)", "system2": "System 2 (base)", "distilled": "Distilled System 1"}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _num(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def systems_table(systems: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| system | accuracy | 95% CI | n | mean generated tokens | mean latency (s) | tokens/s |",
+             "|---|---|---|---|---|---|---|"]
+    for key, label in LABELS.items():
+        m = systems.get(key)
+        if m:
+            lines.append(f"| {label} | {_pct(m['accuracy'])} | {_ci(m['accuracy_ci95'])} | {m['n']} | "
+                         f"{_num(m['mean_generated_tokens'])} | {_num(m['mean_latency_s'], '{:.2f}')} | {_num(m['tokens_per_s'], '{:.0f}')} |")
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The Markdown report: headline table, subsets, broader performance."""
+    lines = [f"## System 2 distillation: {report['method']} on {report['task']} ({report['model']})", ""]
+    if ds := report.get("distillation_set"):
+        acc = ds.get("kept_target_accuracy", {})
+        lines += [f"Distillation set: {ds['kept']} of {ds['valid_inputs']} inputs kept ({_pct(ds['kept_fraction'])}), "
+                  f"n_samples={ds['n_samples']}" + (f"; kept targets correct {_pct(acc.get('accuracy'))}" if acc else ""), ""]
+    if tr := report.get("training"):
+        lines += [f"Training: {tr['finetune']} ZeRO-{tr['zero_stage']}, {tr['examples']} examples, {tr['steps']} steps, "
+                  f"loss {_num(tr['first_loss'], '{:.3f}')} -> {_num(tr['last_loss'], '{:.3f}')}", ""]
+    lines += ["### All test inputs", "", *systems_table(report["systems"]), ""]
+    for name, systems in report.get("subsets", {}).items():
+        lines += [f"### Subset: {name}", "", *systems_table(systems), ""]
+    if report.get("broader"):
+        lines += ["### Broader performance (base System 1 vs distilled System 1, same inputs)", "",
+                  "| task | base | distilled | delta | 95% CI of delta | n |", "|---|---|---|---|---|---|"]
+        for task, b in report["broader"].items():
+            lines.append(f"| {task} | {_pct(b['base'])} | {_pct(b['distilled'])} | {100 * b['delta']:+.1f} pts | "
+                         f"[{100 * b['delta_ci95'][0]:+.1f}, {100 * b['delta_ci95'][1]:+.1f}] | {b['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any]) -> bytes:
+    """PNG: accuracy vs mean generated tokens per system; broader-performance deltas."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    headline = report["subsets"].get("biased", report["systems"])
+    for key, label in LABELS.items():
+        m = headline.get(key)
+        if not m or m["accuracy"] is None:
+            continue
+        lo, hi = m["accuracy_ci95"]
+        ax1.errorbar(m["mean_generated_tokens"], m["accuracy"], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]],
+                     fmt="o", capsize=4, label=label)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("mean generated tokens per answer (log)")
+    ax1.set_ylabel("accuracy (95% CI)")
+    ax1.set_ylim(0, 1)
+    ax1.set_title("biased test inputs" if "biased" in report["subsets"] else "test inputs")
+    ax1.legend(loc="lower right")
+    broader = report.get("broader", {})
+    names = list(broader)
+    if names:
+        deltas = [100 * broader[n]["delta"] for n in names]
+        errs = [[100 * (broader[n]["delta"] - broader[n]["delta_ci95"][0]) for n in names],
+                [100 * (broader[n]["delta_ci95"][1] - broader[n]["delta"]) for n in names]]
+        ax2.barh(names, deltas, xerr=errs, capsize=4, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
+        ax2.axvline(0, color="black", linewidth=0.8)
+    ax2.set_xlabel("distilled - base accuracy (points, 95% CI)")
+    ax2.set_title("broader performance")
+    fig.suptitle(f"{report['method']} distillation on {report['task']} ({report['model']})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(out: OutputDir, report: dict[str, Any]) -> None:
+    out.write_text(json.dumps(report, indent=2), "report.json")
+    out.write_text(format_report(report), "report.md")
+    png = plot(report)
+    with out.fs.open_output_stream(out.path("report.png")) as f:
+        f.write(png)
