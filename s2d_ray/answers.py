@@ -13,24 +13,24 @@ from typing import Literal
 AnswerKind = Literal["short", "yes_no", "letters", "choice"]
 
 _ANSWER_MARKERS = re.compile(
-    r"(?:final answer|answer|verdict)\s*(?:is|:)\s*[:\-]?\s*(.+)", re.IGNORECASE
+    r"(?:final answer|answer|verdict)\s*(?:is\b|:)\s*[:\-]?\s*(.+)", re.IGNORECASE
 )
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
 _LEADING_FILLER = re.compile(
-    r"^(?:the answer is|the correct answer is|it is|it's|that would be|answer)\s*[:\-]?\s*",
+    r"^(?:the answer is|the correct answer is|it is|it's|that would be|answer)\b\s*[:\-]?\s*",
     re.IGNORECASE,
 )
-_ARTICLES = re.compile(r"\b(?:the|a|an)\b")
+_ARTICLES = {"the", "a", "an"}
 
 
 def normalize(text: str) -> str:
     """Lowercase, strip accents, punctuation, articles and extra whitespace."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = re.sub(r"[^\w\s]", " ", text)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+    words = re.sub(r"[^\w\s]", " ", text).split()
+    # "the Pacific" == "Pacific", but a lone "a"/"an" is an answer (a verdict, two letters).
+    return " ".join([w for w in words if w not in _ARTICLES] or words)
 
 
 def contains_phrase(haystack: str, phrase: str) -> bool:
@@ -86,14 +86,18 @@ def extract_letters(text: str) -> str | None:
 
 
 def extract_choice(text: str, options: tuple[str, ...] = ("A", "B", "tie")) -> str | None:
-    """One of ``options`` (case-insensitive) from the answer span, else the last one mentioned."""
-    lowered = {o.lower(): o for o in options}
-    pattern = re.compile(r"\b(" + "|".join(re.escape(o) for o in lowered) + r")\b", re.IGNORECASE)
+    """One of ``options`` from the answer span, else the last one mentioned. Single-letter
+    options match only in upper case (so the article "a" is not option A); words match in any case."""
+    alternatives = [re.escape(o) if len(o) == 1 else f"(?i:{re.escape(o)})" for o in options]
+    pattern = re.compile(r"\b(" + "|".join(alternatives) + r")\b")
+    canonical = {o.lower(): o for o in options}
     span = final_answer_span(text) or ""
+    if span.lower() in canonical:  # the whole answer is an option: "b", "Tie"
+        return canonical[span.lower()]
     for source, pick in ((span, 0), (text or "", -1)):
         found = pattern.findall(source)
         if found:
-            return lowered[found[pick].lower()]
+            return canonical[found[pick].lower()]
     return None
 
 

@@ -29,6 +29,7 @@ INPUT_SCHEMA = pa.schema(
 )
 _JSONL = (".jsonl", ".json", ".ndjson")
 _SCALARS = (str, int, float, bool)
+TASK_BLOCK_ROWS = 32
 
 
 def stable_id(text: str) -> str:
@@ -78,7 +79,7 @@ def parse_jsonl_file(item: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         source = f"{path}:{lineno}"
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8").lstrip("\ufeff")
         except UnicodeDecodeError as e:
             rows.append(validate_record(None, source) | {"reject_reason": f"invalid UTF-8 at byte {e.start}"})
             continue
@@ -151,7 +152,9 @@ def read_inputs(source: str, n: int | None = None, seed: int = 0, split: str = "
     import ray.data
 
     if source.startswith("task:"):
-        return ray.data.from_arrow(pa.Table.from_pylist(task_rows(source, n, seed, split), schema=INPUT_SCHEMA))
+        table = pa.Table.from_pylist(task_rows(source, n, seed, split), schema=INPUT_SCHEMA)
+        # Several blocks, so the pool streams and progress moves block by block.
+        return ray.data.from_arrow([table.slice(i, TASK_BLOCK_ROWS) for i in range(0, max(table.num_rows, 1), TASK_BLOCK_ROWS)])
     kind = _kind(source)
     if kind == "jsonl":
         ds = ray.data.read_binary_files(source, include_paths=True, file_extensions=[e[1:] for e in _JSONL])

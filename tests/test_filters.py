@@ -128,27 +128,19 @@ def test_perturbation_tie_in_a_view():
     assert not d.kept and d.reason == "view original: tie between answers"
 
 
-_A_IS_AN_ARTICLE = (
-    "answers.py vote_key -> normalize strips the articles a/an/the, so the verdict 'A' (and a "
-    "last_letter answer 'a' or 'an') has vote key None and is counted as unparseable by "
-    "filters.py majority_vote / perturbation"
-)
 
 
-@pytest.mark.xfail(reason=_A_IS_AN_ARTICLE, strict=True)
 def test_majority_counts_verdict_a():
     d = run_filter(majority([S("A"), S("A"), S("B")], 0.6, QUESTION))
     assert d.kept and d.target == "A"
 
 
-@pytest.mark.xfail(reason=_A_IS_AN_ARTICLE, strict=True)
 def test_perturbation_keeps_consistent_verdict_a():
     samples = [S("A"), S("A"), S("A", "swapped"), S("A", "swapped")]
     d = run_filter(perturbation(samples, 0.6, QUESTION))
     assert d.kept and d.target == "A" and d.agreement == 1.0
 
 
-@pytest.mark.xfail(reason=_A_IS_AN_ARTICLE, strict=True)
 def test_perturbation_drops_position_biased_a_vs_b():
     # What BSM produces for a judge that always picks the first slot: A, then B once swapped back.
     samples = [S("A"), S("A"), S("B", "swapped"), S("B", "swapped")]

@@ -168,12 +168,6 @@ def test_last_letter_known_example():
     assert not task.is_correct("Answer: nk", row)
 
 
-@pytest.mark.xfail(
-    reason="answers.py normalize strips articles and tasks/base.py Task.is_correct compares normalized "
-    "strings, so for a last_letter answer 'an' (e.g. \"Barbara Newton\") the wrong letters 'a' score "
-    "as correct (both normalize to '')",
-    strict=True,
-)
 def test_last_letter_article_like_answers_are_scored_exactly():
     task = LastLetter()
     assert not task.is_correct("Answer: a", {"answer": "an"})
@@ -320,15 +314,8 @@ def test_biased_qa_short_gold_as_marked_answer_is_correct(rows_by_fact):
     assert not task.is_correct("Answer: Br", rows_by_fact["symbol-iodine"])
 
 
-_SCORER_BUG = (
-    "biased_qa.py BiasedQA.is_correct (last 3 lines) falls back to contains_phrase(text, gold) over "
-    "the whole output, so a gold that is a common English word or repeats the question counts as "
-    "naming the answer: chemical symbols I/He/Be/As (facts.csv lines 141 etc.), and alias 'Morse' "
-    "of inventor-morse-code (facts.csv line 283), which occurs in its own question"
-)
 
 
-@pytest.mark.xfail(reason=_SCORER_BUG, strict=True)
 @pytest.mark.parametrize(
     ("fact_id", "text"),
     [
@@ -343,7 +330,6 @@ def test_biased_qa_wrong_answers_that_contain_a_gold_word(rows_by_fact, fact_id,
     assert not BiasedQA().is_correct(text, rows_by_fact[fact_id])
 
 
-@pytest.mark.xfail(reason=_SCORER_BUG, strict=True)
 def test_biased_qa_echoing_the_question_is_not_correct(rows_by_fact):
     task = BiasedQA()
     scored_right = [

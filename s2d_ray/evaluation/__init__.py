@@ -67,7 +67,7 @@ def _score(rows: list[dict[str, Any]], specs: dict[str, StageSpec]) -> list[dict
         if r["status"] == "rejected" or r["answer"] is None or not spec.task:
             continue
         text = r["samples"][0]["text"] if spec.method == "direct" else (r["target"] or "")
-        r["correct"] = get_task(spec.task).is_correct(text, {**r["meta_d"], "answer": r["answer"]})
+        r["correct"] = get_task(spec.task).is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
     return rows
 
 

@@ -38,11 +38,11 @@ def kept_accuracy(out: OutputDir, task_name: str | None) -> tuple[int, int] | No
     if not task_name:
         return None
     task = get_task(task_name)
-    table = out.read_tables("samples", columns=["status", "target", "answer", "meta"])
+    table = out.read_tables("samples", columns=["status", "input", "target", "answer", "meta"])
     rows = [r for r in table.to_pylist() if r["status"] == "kept" and r["answer"] is not None]
     if not rows:
         return None
-    correct = sum(task.is_correct(r["target"], {**json.loads(r["meta"]), "answer": r["answer"]}) for r in rows)
+    correct = sum(task.is_correct(r["target"], {**json.loads(r["meta"]), "input": r["input"], "answer": r["answer"]}) for r in rows)
     return correct, len(rows)
 
 

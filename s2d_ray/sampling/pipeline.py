@@ -95,12 +95,14 @@ def _source_key(source: str) -> tuple[str, int]:
     return (path, int(line)) if line.isdigit() else (source, 0)
 
 
-def _duplicates(ds) -> dict[str, str]:
-    """id -> source of its first occurrence, for ids that occur more than once."""
+def _scan_ids(ds, done: set[str]) -> tuple[dict[str, str], int]:
+    """(id -> source of its first occurrence for ids seen more than once, rows still to do)."""
     first: dict[str, str] = {}
     dups: set[str] = set()
+    todo = 0
     for batch in ds.select_columns(["id", "source"]).iter_batches(batch_size=8192, batch_format="pyarrow"):
         for rid, src in zip(batch["id"].to_pylist(), batch["source"].to_pylist()):
+            todo += rid not in done
             if rid is None:
                 continue
             if rid in first:
@@ -109,7 +111,7 @@ def _duplicates(ds) -> dict[str, str]:
                     first[rid] = src
             else:
                 first[rid] = src
-    return {rid: first[rid] for rid in dups}
+    return {rid: first[rid] for rid in dups}, todo
 
 
 def done_ids(out: OutputDir, subdir: str, config_hash: str) -> set[str]:
@@ -134,7 +136,9 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
     config_hash = next(iter(specs.values())).config_hash
     done = done_ids(out, subdir, config_hash)
     stats.skipped_done = len(done)
-    first_source = _duplicates(ds)
+    first_source, todo = _scan_ids(ds, done)
+    if todo == 0:  # everything is done: do not start an engine
+        return stats
     ds = ds.map_batches(_screen, fn_kwargs={"done": done, "first_source": first_source}, batch_format="pyarrow")
     results = ds.map_batches(
         ProgramStage,

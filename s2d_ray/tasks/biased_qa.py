@@ -88,11 +88,15 @@ class BiasedQA(Task):
         return rows
 
     def is_correct(self, text: str, row: dict[str, Any]) -> bool:
-        """Right if the answer span is a gold answer, or the text names a gold answer and not the wrong one."""
+        """Right if the answer span is a gold answer, or the text names a gold answer and not
+        the wrong one. Names count only if distinctive: 3+ characters and not in the question
+        (so "I" for iodine or "Morse" in "Who invented Morse code?" must be the answer span)."""
         golds = [row["answer"], *[a for a in str(row.get("aliases") or "").split("|") if a]]
         pred = self.extract(text)
         if pred is not None and normalize(pred) in {normalize(g) for g in golds}:
             return True
+        question = str(row.get("input") or "")
+        distinctive = [g for g in golds if len(normalize(g)) >= 3 and not contains_phrase(question, g)]
         wrong = row.get("wrong")
-        names_gold = any(contains_phrase(text, g) for g in golds)
+        names_gold = any(contains_phrase(text, g) for g in distinctive)
         return names_gold and not (wrong and contains_phrase(text, str(wrong)))

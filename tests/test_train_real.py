@@ -1,0 +1,87 @@
+"""Ray Train + DeepSpeed on the small real model: loss goes down, a killed worker resumes
+from its checkpoint with the step count continuing, and the export loads in vLLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from s2d_ray.tasks import get_task
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+S2D = str(Path(sys.executable).parent / "s2d")
+
+
+def _distill_set(out: Path, n: int = 16) -> None:
+    """A distillation set in the layout `s2d sample` writes (targets: the facts' answers)."""
+    rows = get_task("biased_qa").generate(n, 0, "train", variants=["unbiased"])
+    table = pa.Table.from_pylist([{"id": r["id"], "input": r["input"], "target": r["answer"], "method": "s2a",
+                                   "n_samples": 4, "agreement": 1.0, "model": "smollm2-135m-instruct",
+                                   "config_hash": "test", "source": "test"} for r in rows])
+    (out / "distill").mkdir(parents=True)
+    pq.write_table(table, out / "distill" / "part-00000.parquet")
+
+
+def _train(out: Path, *sets: str) -> subprocess.Popen:
+    args = [S2D, "train", str(ROOT / "configs" / "smoke.yaml"), "--set", f"output_dir={out}", *[a for s in sets for a in ("--set", s)]]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _worker_pids() -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in ps.splitlines() if "RayTrainWorker" in line and "train_fn" not in line]
+
+
+def test_full_finetune_zero2_lowers_loss(tmp_path):
+    _distill_set(tmp_path)
+    proc = _train(tmp_path, "train.finetune=full", "train.zero_stage=2", "train.epochs=4", "train.learning_rate=5e-5",
+                  "train.precision=fp32", "train.micro_batch_size=4")
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    info = json.loads((tmp_path / "model" / "s2d_train.json").read_text())
+    losses = [h["loss"] for h in info["history"]]
+    assert info["steps"] == 8 and len(losses) == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert (tmp_path / "model" / "model.safetensors").exists() and not (tmp_path / "adapter").exists()
+
+
+def test_lora_zero3_killed_worker_resumes_and_export_loads_in_vllm(tmp_path):
+    _distill_set(tmp_path)
+    proc = _train(tmp_path, "train.finetune=lora", "train.zero_stage=3", "train.epochs=3", "train.micro_batch_size=2",
+                  "train.checkpoint_every_steps=1", "train.learning_rate=1e-3")
+    ckpts = tmp_path / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(ckpts.glob("*/checkpoint_*/latest")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(1)
+    pids = _worker_pids()
+    assert pids, "no train worker to kill"
+    os.kill(pids[0], signal.SIGKILL)
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    resumed = [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", log)]
+    assert resumed and resumed[0] >= 1, log[-3000:]
+    info = json.loads((tmp_path / "model" / "s2d_train.json").read_text())
+    steps = [h["step"] for h in info["history"]]
+    assert steps == list(range(1, info["steps"] + 1)), steps  # continued, not restarted
+    assert info["steps"] == 12
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.programs.base import Call, user
+    from s2d_ray.sampling.engine import Engine
+
+    engine = Engine(str(tmp_path / "model"), EngineConfig(max_model_len=512, cpu_kv_cache_gib=1), max_tokens=16)
+    (out,) = engine.generate([Call(user("What is the capital of France?"))])
+    assert out[0].text.strip() and out[0].tokens > 0
