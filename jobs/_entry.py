@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable
+
+# Run from the job's working_dir: make the repository's package importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(stage: str, run: Callable[[Any], Any], describe: Callable[[Any], str]) -> int:

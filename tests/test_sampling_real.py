@@ -111,3 +111,11 @@ def test_pipeline_bad_rows_filters_and_resume(tmp_path, engine):
 
     with pytest.raises(S2DError, match="another config"):
         sample(changed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shutdown_ray():
+    yield
+    import ray
+
+    ray.shutdown()

