@@ -11,7 +11,7 @@ CUDA_ONLY := torchvision torchaudio torchcodec triton
 export VLLM_LOGGING_LEVEL ?= WARNING
 export RAY_DEDUP_LOGS ?= 1
 
-.PHONY: install demo smoke test bench clean
+.PHONY: install demo smoke test test-fast bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,10 @@ smoke: install
 	$(BIN)/s2d run configs/smoke.yaml
 
 test: install
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -29,7 +29,7 @@ INPUT_SCHEMA = pa.schema(
 )
 _JSONL = (".jsonl", ".json", ".ndjson")
 _SCALARS = (str, int, float, bool)
-TASK_BLOCK_ROWS = 32
+TASK_BLOCK_ROWS = 64
 
 
 def stable_id(text: str) -> str:

@@ -108,9 +108,10 @@ class OutputDir:
 
 
 class ShardWriter:
-    """Buffers result rows and writes them as numbered atomic Parquet shards."""
+    """Writes result rows as numbered atomic Parquet shards (by default one per engine batch,
+    so an interrupted run keeps every finished batch)."""
 
-    def __init__(self, out: OutputDir, subdir: str, run_id: str, flush_rows: int = 256) -> None:
+    def __init__(self, out: OutputDir, subdir: str, run_id: str, flush_rows: int = 1) -> None:
         self.out, self.subdir, self.run_id, self.flush_rows = out, subdir, run_id, flush_rows
         self.buffer: list[pa.Table] = []
         self.buffered = 0

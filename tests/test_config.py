@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 import yaml
 
 from s2d_ray.config import RunConfig, load_config
@@ -244,7 +245,7 @@ def test_directory_is_not_a_config(tmp_path):
 
 def test_validate_assignment_is_strict(base):
     cfg = load_config(base)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.sample.n_samples = 0
 
 

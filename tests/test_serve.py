@@ -153,3 +153,30 @@ def test_adaptive_modes_report_their_path(client):
     assert info["path"] == ("system1" if info["confidence"] >= 0.5 else "system2")
     plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16)
     assert "s2d" not in (plain.model_extra or {})
+
+
+def test_fuzzed_requests_never_5xx(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+    fields = st.fixed_dictionaries({}, optional={
+        "model": st.one_of(st.just("tiny"), st.just("tiny-lora"), scalars),
+        "messages": st.one_of(st.just([{"role": "user", "content": "Hi"}]), st.lists(st.dictionaries(st.sampled_from(["role", "content"]), scalars, max_size=2), max_size=2), scalars),
+        "max_tokens": st.one_of(st.integers(-2, 4), scalars), "temperature": scalars, "n": st.one_of(st.integers(0, 3), scalars),
+        "stream": st.booleans(), "stop": scalars, "s2d_mode": st.one_of(st.sampled_from(["system1", "auto", "bogus"]), scalars)})
+    bodies = st.one_of(fields.map(lambda d: json.dumps(d).encode()), st.binary(max_size=64))
+    headers = st.sampled_from([{"Authorization": f"Bearer {KEY}"}, {"Authorization": "Bearer nope"}, {}])
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies, headers)
+    def probe(body, hdrs):
+        r = httpx.post(f"{BASE}/v1/chat/completions", content=body, headers={"Content-Type": "application/json", **hdrs}, timeout=120)
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (body, r.status_code, r.text[:300])
+        if r.status_code >= 400:
+            assert "error" in r.json()
+
+    probe()
+    assert 401 in seen and 400 in seen

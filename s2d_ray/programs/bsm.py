@@ -68,7 +68,7 @@ class BSM(Program):
         solve_calls = [Call(user(SOLVE.format(pair=pair, criterion=c))) for _, pair, _, crit in chains for c in crit]
         solved = iter((yield solve_calls))
         merges, per_chain = [], []
-        for view, pair, br, crit in chains:
+        for _, pair, _, crit in chains:
             evals = [next(solved)[0] for _ in crit]
             per_chain.append(evals)
             text = "\n".join(f"- {c}: {e.text.strip()}" for c, e in zip(crit, evals))

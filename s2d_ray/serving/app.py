@@ -149,6 +149,8 @@ class S2DServer:
             body = await self._answer_chat(rid, req, messages, ids, limit, adapter, mode)
         except APIError as e:
             return _error(e)
+        except (ValueError, TypeError) as e:  # parameters the engine refuses (e.g. SamplingParams checks)
+            return _error(APIError(400, str(e)))
         if req.stream:
             return self._sse(self._replay_chat(body))
         return JSONResponse(body)
@@ -174,6 +176,8 @@ class S2DServer:
             g = await self.engine.generate(ids, **kwargs)
         except APIError as e:
             return _error(e)
+        except (ValueError, TypeError) as e:
+            return _error(APIError(400, str(e)))
         return JSONResponse(completion_response(rid, req.model, g.texts, g.prompt_tokens, g.completion_tokens))
 
     # -- answering ----------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""P5: serving overhead, a bounded load test, and the adaptive System 1 -> System 2 figures.
+
+P5 = p50 latency of POST /v1/chat/completions through `s2d serve` (Ray Serve + vLLM async
+     engine) / p50 of a bare `vllm.LLM.chat` call with the same prompt and parameters.
+     Target <= 1.15.
+Load test: a fixed number of requests at fixed concurrency on 127.0.0.1; p50/p95, throughput,
+count of 5xx (must be 0). Adaptive: accuracy and mean generated tokens of system1 / system2 /
+auto on biased_qa test inputs (the demo's distilled model if runs/demo/model exists).
+One run; run: python benchmarks/serving.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PORT = 8397
+URL = f"http://127.0.0.1:{PORT}"
+PROMPT = [{"role": "user", "content": "What is the capital of France? Answer with just the answer."}]
+N_LATENCY, N_LOAD, CONCURRENCY, N_ADAPTIVE = 20, 64, 8, 40
+
+
+def start_server(model: str) -> subprocess.Popen:
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "s2d"), "serve", model, "--port", str(PORT)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{URL}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(2)
+    raise RuntimeError("server did not become healthy in 300 s")
+
+
+def chat(client: httpx.Client, messages, **extra) -> tuple[float, httpx.Response]:
+    t0 = time.perf_counter()
+    r = client.post(f"{URL}/v1/chat/completions", json={"model": MODEL_NAME, "messages": messages, "max_tokens": 16,
+                                                         "temperature": 0, **extra}, timeout=300)
+    return time.perf_counter() - t0, r
+
+
+def bare_p50(model_path: str) -> float:
+    from vllm import LLM, SamplingParams
+
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.sampling.engine import prepare_cpu_env
+
+    cfg = EngineConfig()
+    prepare_cpu_env(cfg)
+    llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=True, seed=0)
+    params = SamplingParams(temperature=0, max_tokens=16)
+    llm.chat(PROMPT, params, use_tqdm=False)
+    times = []
+    for _ in range(N_LATENCY):
+        t0 = time.perf_counter()
+        llm.chat(PROMPT, params, use_tqdm=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def adaptive(client: httpx.Client) -> dict[str, dict[str, float]]:
+    from s2d_ray.tasks import get_task
+
+    task = get_task("biased_qa")
+    rows = [r for r in task.generate(N_ADAPTIVE * 3, 0, "test") if r["variant"] != "unbiased"][:N_ADAPTIVE]
+    out = {}
+    for mode in ("system1", "system2", "auto"):
+        correct, tokens, paths = 0, 0, []
+        for row in rows:
+            _, r = chat(client, [{"role": "user", "content": f"{row['input']}\n\n{task.answer_format}"}], s2d_mode=mode)
+            body = r.json()
+            correct += task.is_correct(body["choices"][0]["message"]["content"], row)
+            tokens += body["usage"]["completion_tokens"]
+            paths.append(body.get("s2d", {}).get("path", mode))
+        out[mode] = {"accuracy": correct / len(rows), "mean_generated_tokens": tokens / len(rows),
+                     "system2_fraction": paths.count("system2") / len(rows)}
+    return out
+
+
+def main() -> dict[str, float]:
+    global MODEL_NAME
+    from s2d_ray.models import resolve_model
+
+    demo = ROOT / "runs" / "demo" / "model"
+    model = str(demo) if (demo / "config.json").exists() else "smollm2-135m-instruct"
+    MODEL_NAME = "demo" if model == str(demo) else Path(model).name
+    proc = start_server(model)
+    try:
+        with httpx.Client() as client:
+            chat(client, PROMPT)
+            served = statistics.median(chat(client, PROMPT)[0] for _ in range(N_LATENCY))
+            statuses: list[int] = []
+            lat: list[float] = []
+
+            def one(_):
+                t, r = chat(client, PROMPT)
+                return t, r.status_code
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                for t, code in pool.map(one, range(N_LOAD)):
+                    lat.append(t)
+                    statuses.append(code)
+            wall = time.perf_counter() - t0
+            adapt = adaptive(client)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    bare = bare_p50(resolve_model(model))
+    ratio = round(served / bare, 3)
+    lat.sort()
+    print(f"P5 served p50 {served * 1000:.0f} ms / bare vLLM p50 {bare * 1000:.0f} ms = {ratio}  (target <= 1.15; {MODEL_NAME}, 16 tokens)")
+    print(f"  load: {N_LOAD} requests at concurrency {CONCURRENCY}: p50 {statistics.median(lat) * 1000:.0f} ms, "
+          f"p95 {lat[int(0.95 * len(lat)) - 1] * 1000:.0f} ms, {N_LOAD / wall:.2f} req/s, "
+          f"5xx: {sum(s >= 500 for s in statuses)}, statuses {dict((s, statuses.count(s)) for s in set(statuses))}")
+    for mode, m in adapt.items():
+        print(f"  adaptive {mode}: accuracy {m['accuracy']:.1%} mean generated tokens {m['mean_generated_tokens']:.1f} "
+              f"System 2 used on {m['system2_fraction']:.0%} of {N_ADAPTIVE} biased test questions")
+    return {"P5": ratio}
+
+
+MODEL_NAME = "model"
+
+if __name__ == "__main__":
+    json.dump(main(), sys.stdout)
+    print()
