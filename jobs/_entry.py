@@ -9,6 +9,9 @@ from typing import Any, Callable
 
 # Run from the job's working_dir: make the repository's package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Load torch (and its OpenMP/oneMKL) before Ray Data starts pyarrow's thread pools: a job
+# driver that imported torch only at the train stage died in oneMKL's loader on this CPU.
+import torch  # noqa: E402,F401
 
 
 def main(stage: str, run: Callable[[Any], Any], describe: Callable[[Any], str]) -> int:

@@ -31,9 +31,9 @@ class Engine:
 
     def __init__(self, model: str, cfg: EngineConfig, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256) -> None:
         prepare_cpu_env(cfg)
-        if cfg.tensor_parallel_size == 1:
-            # Engine core and worker in this process: as fast here, and a killed actor leaves
-            # no orphaned engine processes behind.
+        if cfg.tensor_parallel_size == 1 and on_cpu():
+            # Engine core and worker in this process: as fast on CPU, and a killed actor
+            # leaves no orphaned engine processes behind.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
