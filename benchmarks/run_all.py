@@ -31,7 +31,7 @@ def main() -> int:
             failed.append(name)
             print(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
             continue
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     (ROOT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"bench.json: {results}" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0

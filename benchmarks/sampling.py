@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-N_INPUTS = 64
+N_INPUTS = 16
 
 
 def bare_tokens_per_s(prompts: list[list[dict[str, str]]], n: int, max_tokens: int) -> tuple[float, int]:
@@ -56,7 +56,7 @@ def main() -> dict[str, float]:
     from s2d_ray.programs import get_program
     from s2d_ray.tasks import get_task
 
-    max_tokens = 96
+    max_tokens = 48
     task = get_task("biased_qa")
     rows = task.generate(N_INPUTS, 0, "train")
     program = get_program("rar1", task.answer_kind, task.answer_format)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PORT = 8397
 URL = f"http://127.0.0.1:{PORT}"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer with just the answer."}]
-N_LATENCY, N_LOAD, CONCURRENCY, N_ADAPTIVE = 20, 64, 8, 40
+N_LATENCY, N_LOAD, CONCURRENCY, N_ADAPTIVE = 10, 32, 8, 12
 
 
 def start_server(model: str) -> subprocess.Popen:
