@@ -143,7 +143,7 @@ class RunConfig(_Strict):
             return self.task
         for src in (self.data.train, self.data.test):
             if src.startswith("task:"):
-                return src.removeprefix("task:")
+                return src.removeprefix("task:").partition("?")[0]
         return None
 
     def stage_hash(self, *sections: str, extra: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> str:

@@ -134,6 +134,20 @@ def test_biased_qa_variant_selection():
         BiasedQA().generate(5, seed=0, variants=["unbiased", "flattery"])
 
 
+def test_biased_qa_category_selection_and_arithmetic_facts():
+    rows = BiasedQA().generate(150, seed=0, split="test", categories=["arithmetic"])
+    assert {r["category"] for r in rows} == {"arithmetic"} and len({r["id"] for r in rows}) == 150
+    for r in rows:
+        a, b = map(int, re.fullmatch(r"What is (\d+) \+ (\d+)\?", r["input"].split("sure. ")[-1]).groups())
+        assert r["answer"] == str(a + b) and r["wrong"] != r["answer"] and 10 <= a <= 99 and 10 <= b <= 99
+    two = BiasedQA().generate(40, seed=0, categories="capital,chemical_symbol".split(","))
+    assert {r["category"] for r in two} == {"capital", "chemical_symbol"}
+    single = BiasedQA().generate(5, seed=0, categories="capital")  # one value from task:biased_qa?categories=capital
+    assert {r["category"] for r in single} == {"capital"}
+    with pytest.raises(S2DError, match=r"unknown categories \['poetry'\]"):
+        BiasedQA().generate(5, seed=0, categories=["capital", "poetry"])
+
+
 def test_biased_qa_facts_table_is_sane():
     facts = load_facts()
     assert len({f.fact_id for f in facts}) == len(facts)

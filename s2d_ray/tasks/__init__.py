@@ -11,9 +11,9 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (BiasedQA, LastLetter, CoinFl
 
 
 def get_task(name: str) -> Task:
-    """The built-in task called ``name``."""
+    """The built-in task called ``name`` (a ``NAME?k=v`` source names its task too)."""
     try:
-        return TASKS[name]()
+        return TASKS[name.partition("?")[0]]()
     except KeyError:
         raise S2DError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}") from None
 
