@@ -351,6 +351,39 @@ def test_drive_with_a_program_raising_mid_run():
     assert [s.answer for s in results[2]] == ["ok", "ok"]
 
 
+class FailsOn(Script):
+    """An engine whose batched call raises when any prompt contains ``poison``."""
+
+    def __init__(self, reply, poison):
+        super().__init__(reply)
+        self.poison = poison
+
+    def __call__(self, calls):
+        if any(self.poison in c.messages[-1]["content"] for c in calls):
+            self.rounds.append(list(calls))
+            raise RuntimeError(f"engine rejected {self.poison}")
+        return super().__call__(calls)
+
+
+def test_drive_engine_error_fails_only_the_row_that_caused_it():
+    gen = FailsOn(lambda p, i, c: f"echo:{p}", poison="bad")
+    results = drive([_steps(2, "a"), _steps(2, "bad"), _steps(1, "c")], gen)
+    assert results[0] == ["echo:a-0", "echo:a-1"] and results[2] == ["echo:c-0"]
+    assert isinstance(results[1], RuntimeError) and "engine rejected bad" in str(results[1])
+    # round 1: the whole batch (fails), then each run alone; round 2: only the live run
+    assert [sorted(gen.prompts(r)) for r in range(len(gen.rounds))] == [
+        ["a-0", "bad-0", "c-0"], ["a-0"], ["bad-0"], ["c-0"], ["a-1"],
+    ]
+
+
+def test_drive_engine_failing_for_every_row_propagates():
+    gen = FailsOn(lambda p, i, c: "x", poison="")  # every prompt contains ""
+    with pytest.raises(RuntimeError, match="engine rejected"):
+        drive([_steps(1, "a"), _steps(1, "b")], gen)
+    with pytest.raises(RuntimeError, match="engine rejected"):
+        drive([_steps(1, "a")], gen)
+
+
 def test_drive_nothing_to_do():
     gen = Script(lambda p, i, c: "x")
     assert drive([], gen) == []

@@ -31,9 +31,34 @@ def drive(runs: list[Generator[list[Call], list[list[Completion]], Any]], genera
     while pending:
         order = list(pending.items())
         pending.clear()
-        outs = generate([c for _, calls in order for c in calls])
-        pos = 0
-        for i, calls in order:
-            advance(i, outs[pos : pos + len(calls)])
-            pos += len(calls)
+        for i, outs in _round(order, generate):
+            if isinstance(outs, Exception):
+                results[i] = outs
+            else:
+                advance(i, outs)
     return results
+
+
+def _round(order: list[tuple[int, list[Call]]], generate: Generate) -> list[tuple[int, Any]]:
+    """One batched engine call for all pending runs. If it raises, each run is retried alone
+    so that only the runs whose own calls fail get the error; if every run fails alone, the
+    engine (not a row) is at fault and the error propagates (Ray retries the batch)."""
+    try:
+        outs = generate([c for _, calls in order for c in calls])
+    except Exception:
+        if len(order) == 1:
+            raise
+        alone: list[tuple[int, Any]] = []
+        for i, calls in order:
+            try:
+                alone.append((i, generate(calls)))
+            except Exception as e:  # noqa: BLE001 - isolate the failing row
+                alone.append((i, e))
+        if all(isinstance(o, Exception) for _, o in alone):
+            raise
+        return alone
+    split, pos = [], 0
+    for i, calls in order:
+        split.append((i, outs[pos : pos + len(calls)]))
+        pos += len(calls)
+    return split
