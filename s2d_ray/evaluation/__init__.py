@@ -79,6 +79,14 @@ def _outcomes(rows: list[dict[str, Any]]) -> dict[str, bool]:
     return {r["id"].split("/", 1)[1]: bool(r["correct"]) for r in rows if r["correct"] is not None}
 
 
+def _delta(base_rows: list[dict[str, Any]], dist_rows: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Base vs distilled accuracy on the same inputs, with the paired-bootstrap delta."""
+    a, b = _outcomes(base_rows), _outcomes(dist_rows)
+    delta, ci, n = paired_bootstrap_delta(a, b, seed=seed)
+    return {"base": sum(a.values()) / len(a) if a else None, "distilled": sum(b.values()) / len(b) if b else None,
+            "delta": delta, "delta_ci95": list(ci), "n": n}
+
+
 def evaluate(cfg: RunConfig) -> dict[str, Any]:
     """Run all evaluation jobs (resumable) and write report.json/.md/.png."""
     from s2d_ray.training import train_hash
@@ -97,36 +105,20 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     base = _score(out.read_tables("eval/base").to_pylist(), base_specs)
     dist = _score(out.read_tables("eval/distilled").to_pylist(), dist_specs)
 
-    systems = {
-        "system1": summarize(_by_job(base, "system1")),
-        "system2": summarize(_by_job(base, "system2")),
-        "distilled": summarize(_by_job(dist, "distilled")),
-    }
-    subsets: dict[str, dict[str, Any]] = {}
-    variants = sorted({r["meta_d"].get("variant") for r in base if r["job"] == "system1"} - {None})
+    jobs = {"system1": _by_job(base, "system1"), "system2": _by_job(base, "system2"), "distilled": _by_job(dist, "distilled")}
+    systems = {name: summarize(rows) for name, rows in jobs.items()}
+    variants = sorted({r["meta_d"].get("variant") for r in jobs["system1"]} - {None})
     groups = {f"variant:{v}": (lambda r, v=v: r["meta_d"].get("variant") == v) for v in variants}
     if "unbiased" in variants and len(variants) > 1:
         groups[BIASED] = lambda r: r["meta_d"].get("variant") not in (None, "unbiased")
-    for group, keep in groups.items():
-        subsets[group] = {
-            "system1": summarize([r for r in _by_job(base, "system1") if keep(r)]),
-            "system2": summarize([r for r in _by_job(base, "system2") if keep(r)]),
-            "distilled": summarize([r for r in _by_job(dist, "distilled") if keep(r)]),
-        }
+    subsets = {group: {name: summarize([r for r in rows if keep(r)]) for name, rows in jobs.items()} for group, keep in groups.items()}
     broader: dict[str, Any] = {}
-    pairs = [(f"broader:{t}", f"broader:{t}", t) for t in cfg.eval.broader_tasks]
-    for base_job, dist_job, label in pairs:
-        a, b = _outcomes(_by_job(base, base_job)), _outcomes(_by_job(dist, dist_job))
-        delta, ci, n = paired_bootstrap_delta(a, b, seed=cfg.data.seed)
-        broader[label] = {"base": sum(a.values()) / len(a) if a else None, "distilled": sum(b.values()) / len(b) if b else None,
-                          "delta": delta, "delta_ci95": list(ci), "n": n}
+    for task in cfg.eval.broader_tasks:
+        job = f"broader:{task}"
+        broader[task] = _delta(_by_job(base, job), _by_job(dist, job), cfg.data.seed)
     if "variant:unbiased" in subsets:
-        unb = lambda rows: [r for r in rows if r["meta_d"].get("variant") == "unbiased"]  # noqa: E731
-        a, b = _outcomes(unb(_by_job(base, "system1"))), _outcomes(unb(_by_job(dist, "distilled")))
-        delta, ci, n = paired_bootstrap_delta(a, b, seed=cfg.data.seed)
-        broader[f"{cfg.task_name}:unbiased"] = {"base": sum(a.values()) / len(a) if a else None,
-                                                "distilled": sum(b.values()) / len(b) if b else None,
-                                                "delta": delta, "delta_ci95": list(ci), "n": n}
+        unbiased = lambda rows: [r for r in rows if r["meta_d"].get("variant") == "unbiased"]  # noqa: E731
+        broader[f"{cfg.task_name}:unbiased"] = _delta(unbiased(jobs["system1"]), unbiased(jobs["distilled"]), cfg.data.seed)
     report = {
         "task": cfg.task_name,
         "method": cfg.sample.method,
