@@ -40,6 +40,11 @@ class ActorPoolConfig(_Strict):
     min_actors: int = Field(1, ge=1, description="Engine actors kept alive.")
     max_actors: int = Field(1, ge=1, description="Upper bound the pool autoscales to while input is queued.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per engine actor.")
+    cpu_threads: int | None = Field(
+        None, ge=1,
+        description="Compute threads of each engine actor (OMP_NUM_THREADS); default: its num_cpus, as Ray sets. "
+        "With one CPU engine on a small machine, set it to the core count and keep num_cpus at 1 so Ray Data's other tasks still get a CPU.",
+    )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (set to tensor_parallel_size on GPU clusters).")
     batch_size: int = Field(16, ge=1, description="Input rows per batch handed to an actor (one engine call per program step).")
 
