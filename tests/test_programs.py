@@ -153,7 +153,7 @@ def test_s2a_rewrite_n_then_n_single_answers():
     finals = ["Canberra", "Canberra.", "The answer is **Canberra**", "Sydney", ""]
 
     def reply(prompt, i, call):
-        if prompt.startswith("Rewrite the following text"):
+        if prompt.startswith("The text below was written by a user"):
             return rewrites[i]
         j = int(re.search(r"\[(\d)\]", prompt).group(1))
         assert i == 0
@@ -164,7 +164,7 @@ def test_s2a_rewrite_n_then_n_single_answers():
     # Step 1: one call with n=N; step 2: N calls with n=1.
     assert [len(r) for r in gen.rounds] == [1, 5]
     assert gen.rounds[0][0].n == 5
-    assert f"Text by user: {QUESTION}" in gen.prompts(0)[0]
+    assert f'Text by user: """{QUESTION}"""' in gen.prompts(0)[0]
     assert all(c.n == 1 for c in gen.rounds[1])
     for i, prompt in enumerate(gen.prompts(1)):
         # The answer step sees only the rewritten question, not the user's opinion.
@@ -179,7 +179,7 @@ def test_s2a_rewrite_n_then_n_single_answers():
 def test_s2a_batches_many_rows_per_round():
     program = get_program("s2a", QA.answer_kind, QA.answer_format)
     rows = [{"input": f"Question {k}?", "meta": {}} for k in range(3)]
-    gen = Script(lambda p, i, c: f"rewrite {i}" if p.startswith("Rewrite") else "Answer: x")
+    gen = Script(lambda p, i, c: f"rewrite {i}" if p.startswith("The text below") else "Answer: x")
     results = drive([program.run(r, 4) for r in rows], gen)
     assert len(gen.rounds) == 2
     assert [c.n for c in gen.rounds[0]] == [4, 4, 4]
@@ -336,7 +336,7 @@ def test_drive_with_a_program_raising_mid_run():
     program = get_program("s2a", "short", "")
 
     def reply(prompt, i, call):
-        return "rewrite" if prompt.startswith("Rewrite") else "Answer: ok"
+        return "rewrite" if prompt.startswith("The text below") else "Answer: ok"
 
     class Boom(Exception):
         pass

@@ -7,10 +7,12 @@ from typing import Any
 
 from s2d_ray.programs.base import Call, Program, ProgramRun, Sample, user, with_format
 
+# Asking to "rewrite" made the small model solve unbiased questions in the rewrite ("What is
+# 68 + 27?" -> "What is 95?"); asking to copy the question out kept it intact (measured).
 REWRITE = (
-    "Rewrite the following text by a user so that it keeps only the actual question, "
-    "removing the user's opinions, guesses, beliefs and anything irrelevant to answering it. "
-    "Output only the rewritten question.\n\nText by user: {input}"
+    "The text below was written by a user. Copy out the question it asks, word for word, leaving out the "
+    "user's opinions, guesses and beliefs about the answer. Do not answer, solve or simplify the question.\n\n"
+    'Text by user: """{input}"""'
 )
 
 
