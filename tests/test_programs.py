@@ -47,6 +47,19 @@ def run_one(program, row, n, generate):
     return result
 
 
+def test_program_fingerprint_is_part_of_the_sampling_config_hash(monkeypatch):
+    from s2d_ray import sampling
+    from s2d_ray.config import load_config
+    from s2d_ray.programs import program_fingerprint
+
+    prints = {name: program_fingerprint(name) for name in PROGRAMS}
+    assert len(set(prints.values())) == len(PROGRAMS) and prints["s2a"] == program_fingerprint("s2a")
+    cfg = load_config(None)
+    before = sampling.sample_spec(cfg).config_hash
+    monkeypatch.setattr(sampling, "program_fingerprint", lambda name: "edited-prompt")
+    assert sampling.sample_spec(cfg).config_hash != before
+
+
 def test_registry():
     assert set(PROGRAMS) == {"direct", "rar1", "rar2", "s2a", "cot", "bsm"}
     for name in PROGRAMS:

@@ -18,6 +18,7 @@ from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize
 from s2d_ray.evaluation.report import format_report, write_report
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
+from s2d_ray.programs import program_fingerprint
 from s2d_ray.sampling.pipeline import init_ray, run_stage
 from s2d_ray.sampling.stage import StageSpec
 
@@ -95,7 +96,8 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     if not out.exists("model", "config.json"):
         raise S2DError(f"eval: no trained model at {out.path('model')}; run `s2d train` first")
     init_ray()
-    base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"})})
+    base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"}),
+                                              "program": program_fingerprint(cfg.sample.method)})
     dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg)})
     base_specs = _specs(cfg, cfg.model, base_hash, system2=True)
     dist_specs = _specs(cfg, out.path("model"), dist_hash, system2=False)

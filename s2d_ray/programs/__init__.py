@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import sys
+
 from s2d_ray.answers import AnswerKind
 from s2d_ray.errors import S2DError
 from s2d_ray.programs.base import Call, Completion, Program, Sample
@@ -22,4 +26,12 @@ def get_program(name: str, answer_kind: AnswerKind = "short", answer_format: str
         raise S2DError(f"unknown method {name!r}; known: {', '.join(PROGRAMS)}") from None
 
 
-__all__ = ["PROGRAMS", "Call", "Completion", "Program", "Sample", "get_program"]
+def program_fingerprint(name: str) -> str:
+    """A hash of a program's prompts and control flow (its module and the shared base), so a
+    changed prompt changes the config hash and never resumes onto samples of the old one."""
+    program = type(get_program(name))
+    sources = (inspect.getsource(sys.modules[m]) for m in (program.__module__, Program.__module__))
+    return hashlib.sha256("".join((name, *sources)).encode()).hexdigest()[:12]
+
+
+__all__ = ["PROGRAMS", "Call", "Completion", "Program", "Sample", "get_program", "program_fingerprint"]

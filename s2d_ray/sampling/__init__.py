@@ -9,13 +9,15 @@ from typing import Any
 from s2d_ray.config import RunConfig
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir, write_derived
+from s2d_ray.programs import program_fingerprint
 from s2d_ray.sampling.pipeline import init_ray, run_stage
 from s2d_ray.sampling.stage import StageSpec
 
 
 def sample_spec(cfg: RunConfig) -> StageSpec:
     s = cfg.sample
-    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")}, "task": cfg.task_name}
+    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")}, "task": cfg.task_name,
+               "program": program_fingerprint(s.method)}
     return StageSpec(
         model=cfg.model,
         method=s.method,
