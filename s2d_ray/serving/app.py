@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from s2d_ray.config import EngineConfig
+from s2d_ray.sampling.engine import thread_options
 from s2d_ray.serving.protocol import (
     APIError, ChatRequest, CompletionRequest, Mode, chat_chunk, chat_response, completion_chunk,
     completion_response, new_id, parse,
@@ -53,6 +54,7 @@ class ServeSettings(BaseModel):
     max_ongoing_requests: int = Field(32, ge=1, description="Requests a replica accepts at once.")
     max_queued_requests: int = Field(64, ge=-1, description="Requests queued per caller before 503 (-1: unbounded).")
     num_cpus: float = Field(1, ge=0, description="CPUs per replica.")
+    cpu_threads: int | None = Field(None, ge=1, description="Compute threads of a CPU replica's engine (OMP_NUM_THREADS); default: num_cpus, as Ray sets.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (tensor_parallel_size on GPU clusters).")
 
     @property
@@ -252,7 +254,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                             "target_ongoing_requests": s.target_ongoing_requests},
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
-        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus, **thread_options(s.cpu_threads)},
     ).bind(s.model_dump())
 
 
