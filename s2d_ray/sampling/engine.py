@@ -90,7 +90,7 @@ class Engine:
             temp = self.temperature if call.temperature is None else call.temperature
             params.append(
                 SamplingParams(
-                    n=call.n,
+                    n=call.n if temp > 0 else 1,  # greedy: vLLM refuses n > 1; the n samples are one
                     temperature=temp,
                     top_p=self.top_p if temp > 0 else 1.0,
                     max_tokens=min(call.max_tokens or self.max_tokens, room),
@@ -100,5 +100,6 @@ class Engine:
             index.append(i)
         if prompts:
             for i, out in zip(index, self.llm.generate(prompts, params, use_tqdm=False)):
-                results[i] = [Completion(o.text, len(o.token_ids)) for o in out.outputs]
+                done = [Completion(o.text, len(o.token_ids)) for o in out.outputs]
+                results[i] = done * (calls[i].n // len(done))
         return results  # type: ignore[return-value]
