@@ -141,6 +141,9 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
     if todo == 0:  # everything is done: do not start an engine
         return stats
     ds = ds.map_batches(_screen, fn_kwargs={"done": done, "first_source": first_source}, batch_format="pyarrow")
+    # One block per engine batch: each batch's results reach the driver, and its shard, as soon
+    # as it is done (a larger block would hold them until the whole block is through).
+    ds = ds.repartition(target_num_rows_per_block=actors.batch_size)
     results = ds.map_batches(
         ProgramStage,
         fn_constructor_kwargs={"specs": {name: asdict(s) for name, s in specs.items()}},
