@@ -54,10 +54,29 @@ def _worker_pids() -> list[int]:
     return [int(line.split()[0]) for line in ps.splitlines() if "ray::RayTrainWorker" in line]
 
 
-def test_full_finetune_zero2_lowers_loss(tmp_path):
+def _vllm_answer(model_dir: Path) -> str:
+    """The exported model's greedy answer to a question, from vLLM in a fresh process."""
+    code = (
+        "import sys\n"
+        "from s2d_ray.config import EngineConfig\n"
+        "from s2d_ray.programs.base import Call, user\n"
+        "from s2d_ray.sampling.engine import Engine\n"
+        "engine = Engine(sys.argv[1], EngineConfig(max_model_len=512, cpu_kv_cache_gib=1), max_tokens=16)\n"
+        "(out,) = engine.generate([Call(user('What is the capital of France?'))])\n"
+        "assert out[0].tokens > 0, out\n"
+        "print('ANSWER=' + repr(out[0].text))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (answer,) = re.findall(r"^ANSWER=(.*)$", proc.stdout, re.M)
+    return answer
+
+
+@pytest.mark.parametrize("zero_stage,precision", [(2, "fp32"), (3, "bf16")])
+def test_full_finetune_lowers_loss_and_export_loads_in_vllm(tmp_path, zero_stage, precision):
     _distill_set(tmp_path)
-    proc = _train(tmp_path, "train.finetune=full", "train.zero_stage=2", "train.epochs=4", "train.learning_rate=5e-5",
-                  "train.precision=fp32", "train.micro_batch_size=4")
+    proc = _train(tmp_path, "train.finetune=full", f"train.zero_stage={zero_stage}", "train.epochs=4",
+                  "train.learning_rate=5e-5", f"train.precision={precision}", "train.micro_batch_size=4")
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log[-3000:]
     info = json.loads((tmp_path / "model" / "s2d_train.json").read_text())
@@ -65,6 +84,7 @@ def test_full_finetune_zero2_lowers_loss(tmp_path):
     assert info["steps"] == 8 and len(losses) == 8
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
     assert (tmp_path / "model" / "model.safetensors").exists() and not (tmp_path / "adapter").exists()
+    assert "Paris" in _vllm_answer(tmp_path / "model")
 
 
 def test_lora_zero3_killed_worker_resumes_and_export_loads_in_vllm(tmp_path):
@@ -88,11 +108,4 @@ def test_lora_zero3_killed_worker_resumes_and_export_loads_in_vllm(tmp_path):
     assert steps == list(range(1, info["steps"] + 1)), steps  # continued, not restarted
     assert info["steps"] == 12
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
-
-    from s2d_ray.config import EngineConfig
-    from s2d_ray.programs.base import Call, user
-    from s2d_ray.sampling.engine import Engine
-
-    engine = Engine(str(tmp_path / "model"), EngineConfig(max_model_len=512, cpu_kv_cache_gib=1), max_tokens=16)
-    (out,) = engine.generate([Call(user("What is the capital of France?"))])
-    assert out[0].text.strip() and out[0].tokens > 0
+    assert _vllm_answer(tmp_path / "model").strip("'\" ")
