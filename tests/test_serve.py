@@ -40,7 +40,7 @@ def server(adapter_dir, tmp_path_factory):
     cfg.write_text(json.dumps({"applications": [{"args": {
         "model_name": "tiny", "adapters": {"tiny-lora": str(adapter_dir)}, "mode": "system1",
         "adaptive_threshold": 0.5, "system2_samples": 2, "system2_max_tokens": 32,
-        "engine": {"max_model_len": 512, "cpu_kv_cache_gib": 1}, "max_ongoing_requests": 8}}]}))
+        "engine": {"max_model_len": 512, "cpu_kv_cache_gib": 1}, "max_ongoing_requests": 8, "cpu_threads": 2}}]}))
     log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "s2d"), "serve", "smollm2-135m-instruct", "--port", str(PORT),
@@ -180,3 +180,35 @@ def test_fuzzed_requests_never_5xx(server):
 
     probe()
     assert 401 in seen and 400 in seen
+
+
+def test_huge_body_and_huge_prompt_are_400_not_5xx(server):
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(f"{BASE}/v1/chat/completions", content=b" " * (5 * 1024 * 1024), headers=auth, timeout=120)
+    assert r.status_code == 400 and "body over" in r.json()["error"]["message"]
+    long_prompt = {"model": "tiny", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 4}
+    r = httpx.post(f"{BASE}/v1/chat/completions", json=long_prompt, headers=auth, timeout=120)
+    assert r.status_code == 400, r.text[:300]
+
+
+def test_bounded_load_has_zero_errors(server):
+    """64 requests, 16 in flight (twice the deployment's max_ongoing_requests): all 200."""
+    import asyncio
+
+    async def run() -> dict[int, int]:
+        counts: dict[int, int] = {}
+        gate = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(base_url=BASE, headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as http:
+            async def one(i: int) -> None:
+                body = {"model": "tiny" if i % 2 else "tiny-lora", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": f"Name a colour. ({i})"}]}
+                async with gate:
+                    r = await http.post("/v1/chat/completions", json=body)
+                counts[r.status_code] = counts.get(r.status_code, 0) + 1
+                if r.status_code == 200:
+                    assert r.json()["choices"][0]["message"]["content"] is not None
+
+            await asyncio.gather(*(one(i) for i in range(64)))
+        return counts
+
+    assert asyncio.run(run()) == {200: 64}
