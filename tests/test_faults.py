@@ -22,8 +22,8 @@ S2D = str(Path(sys.executable).parent / "s2d")
 N = 24
 
 
-def _start(out: Path, *sets: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    cmd = [S2D, "sample", str(ROOT / "configs" / "smoke.yaml"), "--set", f"output_dir={out}", "--set", f"data.n_train={N}",
+def _start(out: Path, *sets: str, env: dict[str, str] | None = None, command: str = "sample") -> subprocess.Popen:
+    cmd = [S2D, command, str(ROOT / "configs" / "smoke.yaml"), "--set", f"output_dir={out}", "--set", f"data.n_train={N}",
            "--set", "sample.actors.batch_size=4", "--set", "sample.n_samples=2", *[a for s in sets for a in ("--set", s)]]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
@@ -96,8 +96,10 @@ def test_killed_engine_actor_loses_and_duplicates_nothing(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_run_resumes_without_redoing_work(tmp_path, sig, uninterrupted):
+    """`s2d run` stopped mid-sampling; its sampling stage is then finished by `s2d sample`
+    (the same stage, config and output; a second `s2d run` would go on to train and eval)."""
     out = tmp_path / "run"
-    proc = _start(out, GREEDY)
+    proc = _start(out, GREEDY, command="run")
     log: list[str] = []
     _wait_for_shard(proc, out, log)
     os.killpg(proc.pid, sig)
