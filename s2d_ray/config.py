@@ -148,7 +148,9 @@ class RunConfig(_Strict):
             return self.task
         for src in (self.data.train, self.data.test):
             if src.startswith("task:"):
-                return src.removeprefix("task:").partition("?")[0]
+                from s2d_ray.inputs import parse_task_source
+
+                return parse_task_source(src)[0]
         return None
 
     def stage_hash(self, *sections: str, extra: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> str:

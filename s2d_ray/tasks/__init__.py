@@ -12,8 +12,10 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (BiasedQA, LastLetter, CoinFl
 
 def get_task(name: str) -> Task:
     """The built-in task called ``name`` (a ``NAME?k=v`` source names its task too)."""
+    from s2d_ray.inputs import parse_task_source
+
     try:
-        return TASKS[name.partition("?")[0]]()
+        return TASKS[parse_task_source(name)[0]]()
     except KeyError:
         raise S2DError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}") from None
 
