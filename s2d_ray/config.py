@@ -26,7 +26,9 @@ class EngineConfig(_Strict):
 
     max_model_len: int = Field(2048, ge=128, description="Context length of the engine, prompt + generation.")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("bfloat16", description="Weights/activations dtype.")
-    enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start; on CPU also faster runs).")
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph capture/compilation. Default: on for CPU (faster start and runs there), "
+        "off for GPU (CUDA graphs speed up decoding).")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may use; ignored on CPU.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallelism); 1 on CPU.")
@@ -55,6 +57,14 @@ class ActorPoolConfig(_Strict):
         return self
 
 
+def check_engine_placement(where: str, num_gpus: float, tensor_parallel_size: int) -> None:
+    """An engine on GPUs holds all of its tensor-parallel GPUs in one actor/replica: vLLM fails
+    with "world size larger than available GPUs" otherwise, only after the model was placed."""
+    if (num_gpus or tensor_parallel_size > 1) and num_gpus != tensor_parallel_size:
+        raise ValueError(f"{where}num_gpus ({num_gpus:g}) must equal engine.tensor_parallel_size "
+                         f"({tensor_parallel_size}): each engine holds all the GPUs it shards the model over")
+
+
 class FilterConfig(_Strict):
     """Self-consistency filter deciding which inputs enter the distillation set."""
 
@@ -78,6 +88,11 @@ class SampleConfig(_Strict):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Which inputs are kept.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine.")
     actors: ActorPoolConfig = Field(default_factory=ActorPoolConfig, description="Engine actor pool.")
+
+    @model_validator(mode="after")
+    def _placement(self) -> "SampleConfig":
+        check_engine_placement("actors.", self.actors.num_gpus, self.engine.tensor_parallel_size)
+        return self
 
 
 class TrainConfig(_Strict):
@@ -153,6 +168,15 @@ class RunConfig(_Strict):
                 return parse_task_source(src)[0]
         return None
 
+    def locations(self, *fields: str) -> list[tuple[str, str]]:
+        """``(field, location)`` for the named fields that are storage locations (a path or URI,
+        not ``task:`` inputs, built-in model names or Hugging Face ids)."""
+        from s2d_ray.models import is_path
+
+        values = {"output_dir": self.output_dir, "data.train": self.data.train, "data.test": self.data.test, "model": self.model}
+        return [(f, values[f]) for f in fields
+                if not values[f].startswith("task:") and (f != "model" or is_path(values[f]))]
+
     def stage_hash(self, *sections: str, extra: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> str:
         """A short hash of what determines a stage's output (lineage; resume refuses a mismatch).
 
@@ -179,7 +203,7 @@ def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     return f"config: {loc}: {msg}{more}"

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from s2d_ray.errors import S2DError
-
-_URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://", "file://")
+from s2d_ray.storage import fetch_dir, has_scheme
 
 
 @dataclass(frozen=True)
@@ -71,25 +70,37 @@ def cache_dir() -> Path:
     return Path(os.environ.get("S2D_CACHE", Path.home() / ".cache" / "s2d_ray")).expanduser()
 
 
-def resolve_model(name: str) -> str:
-    """Return something ``vllm.LLM(model=...)`` and ``from_pretrained`` accept.
+def is_path(name: str) -> bool:
+    """Whether a model name is a location (local path or URI) rather than a built-in name or
+    a Hugging Face id."""
+    return name not in BUILTIN_MODELS and (
+        has_scheme(name) or name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+    )
 
-    A built-in name becomes its converted local directory; a local directory is returned as
-    is; a filesystem URI (s3://, gs://, ...) is copied into the cache; anything else is
-    treated as a Hugging Face id and returned unchanged.
+
+def resolve_model(name: str, marker: str = "config.json") -> str:
+    """Return a local directory (or HF id) that ``vllm.LLM(model=...)`` and ``from_pretrained`` accept.
+
+    Call it where the model is used (each actor or train worker), not on the driver: the
+    result is a path on this node. A built-in name becomes its converted directory in this
+    node's cache; a local directory is returned as is; a URI (s3://, gs://, file://, ...) is
+    copied into the cache (again when its files change); anything else is treated as a
+    Hugging Face id and returned unchanged. ``marker``: the file a valid directory holds
+    (``adapter_config.json`` for a LoRA adapter).
     """
     if name in BUILTIN_MODELS:
         return str(materialize_builtin(BUILTIN_MODELS[name]))
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise S2DError(f"model: directory {path} has no config.json (not a Hugging Face model dir)")
-        return str(path.resolve())
-    if name.startswith(_URI_SCHEMES):
-        return str(_copy_uri(name))
-    if name.startswith((".", "/", "~")):
-        raise S2DError(f"model: {name} does not exist")
-    return name
+    if has_scheme(name):
+        path = fetch_dir(name, cache_dir() / "remote")
+    else:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            if name.startswith((".", "/", "~")) or path.exists():
+                raise S2DError(f"model: {name} does not exist or is not a directory")
+            return name
+    if not (path / marker).exists():
+        raise S2DError(f"model: {name} has no {marker} (not a Hugging Face {'model' if marker == 'config.json' else 'adapter'} directory)")
+    return str(path.resolve())
 
 
 def _part_file(dist: str, rel: str, model: BuiltinModel) -> Path:
@@ -187,24 +198,3 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     )
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-
-
-def _copy_uri(uri: str) -> Path:
-    """Copy a model directory from a pyarrow filesystem URI into the cache."""
-    import pyarrow.fs as pafs
-
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    final = cache_dir() / "remote" / key
-    if (final / ".s2d-complete").exists():
-        return final
-    with _locked(final.with_suffix(".lock")):
-        if not (final / ".s2d-complete").exists():
-            if final.exists():
-                shutil.rmtree(final)
-            final.mkdir(parents=True)
-            try:
-                pafs.copy_files(uri, str(final))
-            except Exception as e:  # noqa: BLE001 - any filesystem error is the same to a user
-                raise S2DError(f"model: cannot copy {uri}: {e}") from e
-            (final / ".s2d-complete").write_text(uri)
-    return final

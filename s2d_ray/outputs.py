@@ -7,7 +7,6 @@ leaves a half-written file that a resumed run would trust.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Any, Iterable
 
@@ -15,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from s2d_ray import storage
 
 SAMPLE_STRUCT = pa.struct([("view", pa.string()), ("text", pa.string()), ("answer", pa.string()), ("tokens", pa.int64())])
 RESULT_SCHEMA = pa.schema(
@@ -45,17 +46,21 @@ REJECTED_COLUMNS = ["id", "input", "source", "reason", "method", "config_hash"]
 
 
 class OutputDir:
-    """A run's output directory on any pyarrow filesystem."""
+    """A run's output directory on any pyarrow filesystem.
 
-    def __init__(self, uri: str) -> None:
-        if "://" in uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
-        self.uri = uri
+    ``path()`` is a path inside ``fs`` (for pyarrow calls that take the filesystem too);
+    ``uri()`` keeps the scheme, for anything handed on without ``fs`` (Ray Train's
+    storage_path, a model to load on another node, what users read)."""
+
+    def __init__(self, location: str) -> None:
+        self.fs, self.root = storage.filesystem(location)
+        self.location = location
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
+
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.location, *parts)
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound

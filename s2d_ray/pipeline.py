@@ -41,6 +41,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     print("\n" + format_report(report))
     print(f"wall time: sample {timings['sample_s']:.0f}s, train {timings['train_s']:.0f}s, "
           f"eval {timings['eval_s']:.0f}s, total {timings['total_s']:.0f}s")
-    print(f"outputs: distillation set {out.path('distill')}\n         model {out.path('model')}\n"
-          f"         report {out.path('report.md')} (.json, .png)")
+    print(f"outputs: distillation set {out.uri('distill')}\n         model {out.uri('model')}\n"
+          f"         report {out.uri('report.md')} (.json, .png)")
     return report

@@ -274,3 +274,37 @@ def test_cli_bad_override_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("s2d: config: sample.n_samples: ")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["sample.actors.num_gpus=1", "sample.engine.tensor_parallel_size=2"],
+    ["sample.actors.num_gpus=0", "sample.engine.tensor_parallel_size=2"],
+    ["sample.actors.num_gpus=0.5"],
+])
+def test_engine_gpus_must_match_tensor_parallelism(base, overrides):
+    with pytest.raises(S2DError, match=r"config: sample: actors.num_gpus \(.*\) must equal engine.tensor_parallel_size"):
+        load_config(base, overrides)
+
+
+def test_matching_gpu_placement_loads(base):
+    cfg = load_config(base, ["sample.actors.num_gpus=4", "sample.engine.tensor_parallel_size=4"])
+    assert cfg.sample.actors.num_gpus == 4
+
+
+def test_serving_gpus_must_match_tensor_parallelism():
+    from s2d_ray.serving.app import ServeSettings
+
+    with pytest.raises(ValidationError, match="num_gpus \\(1\\) must equal engine.tensor_parallel_size \\(2\\)"):
+        ServeSettings(model_dir="m", num_gpus=1, engine={"tensor_parallel_size": 2})
+    assert ServeSettings(model_dir="m", num_gpus=2, engine={"tensor_parallel_size": 2}).num_gpus == 2
+
+
+def test_enforce_eager_default_follows_the_device(monkeypatch):
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.sampling import engine
+
+    assert EngineConfig().enforce_eager is None
+    for cpu in (True, False):
+        monkeypatch.setattr(engine, "on_cpu", lambda cpu=cpu: cpu)
+        assert engine.engine_args("m", EngineConfig())["enforce_eager"] is cpu  # eager on CPU, CUDA graphs on GPU
+        assert engine.engine_args("m", EngineConfig(enforce_eager=True))["enforce_eager"] is True

@@ -190,14 +190,30 @@ def test_missing_local_path_and_hf_ids(tmp_path):
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def test_file_uri_is_copied_into_the_cache(tmp_path, monkeypatch):
+def test_file_uri_is_copied_into_the_cache_and_refetched_when_it_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("S2D_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "remote-model"
     src.mkdir()
     (src / "config.json").write_text('{"model_type": "llama"}')
     (src / "tokenizer.json").write_text("{}")
     path = Path(resolve_model(f"file://{src}"))
-    assert path.parent == tmp_path / "cache" / "remote"
+    assert (tmp_path / "cache" / "remote") in path.parents
     assert json.loads((path / "config.json").read_text()) == {"model_type": "llama"}
     assert (path / "tokenizer.json").is_file()
     assert resolve_model(f"file://{src}") == str(path)
+    # The same URI re-trained (new files): a new copy, the old one removed.
+    (src / "config.json").write_text('{"model_type": "qwen2", "retrained": true}')
+    again = Path(resolve_model(f"file://{src}"))
+    assert again != path and not path.exists()
+    assert json.loads((again / "config.json").read_text())["retrained"] is True
+
+
+def test_uri_without_the_marker_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("S2D_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(S2DError, match="no config.json"):
+        resolve_model(f"file://{tmp_path / 'adapter'}")
+    assert Path(resolve_model(f"file://{tmp_path / 'adapter'}", marker="adapter_config.json")).is_dir()
+    with pytest.raises(S2DError, match="no files"):
+        resolve_model(f"file://{tmp_path / 'empty'}")

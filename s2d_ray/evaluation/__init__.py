@@ -19,7 +19,8 @@ from s2d_ray.evaluation.report import format_report, write_report
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
 from s2d_ray.programs import program_fingerprint
-from s2d_ray.sampling.pipeline import init_ray, run_stage
+from s2d_ray.runtime import init_ray
+from s2d_ray.sampling.pipeline import run_stage
 from s2d_ray.sampling.stage import StageSpec
 
 BIASED = "biased"
@@ -94,13 +95,13 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
 
     out = OutputDir(cfg.output_dir)
     if not out.exists("model", "config.json"):
-        raise S2DError(f"eval: no trained model at {out.path('model')}; run `s2d train` first")
-    init_ray()
+        raise S2DError(f"eval: no trained model at {out.uri('model')}; run `s2d train` first")
+    init_ray(cfg.locations("output_dir", "data.test", "model"))
     base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"}),
                                               "program": program_fingerprint(cfg.sample.method)})
     dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg)})
     base_specs = _specs(cfg, cfg.model, base_hash, system2=True)
-    dist_specs = _specs(cfg, out.path("model"), dist_hash, system2=False)
+    dist_specs = _specs(cfg, out.uri("model"), dist_hash, system2=False)
     stats = {}
     for name, specs in (("base", base_specs), ("distilled", dist_specs)):
         stats[name] = run_stage(_dataset(cfg, specs), specs, cfg.sample.actors, out, f"eval/{name}").as_dict()

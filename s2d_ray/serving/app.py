@@ -20,11 +20,12 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from s2d_ray.config import EngineConfig
-from s2d_ray.sampling.engine import thread_options
+from s2d_ray.config import EngineConfig, check_engine_placement
+from s2d_ray.models import is_path, resolve_model
+from s2d_ray.runtime import require_shared, thread_options
 from s2d_ray.serving.protocol import (
     APIError, ChatRequest, CompletionRequest, Mode, chat_chunk, chat_response, completion_chunk,
     completion_response, new_id, parse,
@@ -38,10 +39,10 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_dir: str = Field(..., description="Model to serve: a run's model/ dir, built-in name, HF id or URI.")
+    model_dir: str = Field(..., description="Model to serve: a run's model/ dir, built-in name, HF id or URI (s3://, gs://, ...).")
     model_name: str | None = Field(None, description="Name clients put in `model` (default: derived from model_dir).")
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` (default: $S2D_API_KEY, else open).")
-    adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapters on the same base model: name -> dir.")
+    adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapters on the same base model: name -> dir or URI.")
     mode: Mode = Field("system1", description="Default answering mode: system1 | system2 | auto.")
     adaptive_threshold: float = Field(0.8, ge=0, le=1, description="auto: below this System 1 confidence, System 2 answers.")
     system2_method: str = Field("s2a", description="System 2 program for system2/auto modes.")
@@ -56,6 +57,11 @@ class ServeSettings(BaseModel):
     num_cpus: float = Field(1, ge=0, description="CPUs per replica.")
     cpu_threads: int | None = Field(None, ge=1, description="Compute threads of a CPU replica's engine (OMP_NUM_THREADS); default: num_cpus, as Ray sets.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (tensor_parallel_size on GPU clusters).")
+
+    @model_validator(mode="after")
+    def _placement(self) -> "ServeSettings":
+        check_engine_placement("", self.num_gpus, self.engine.tensor_parallel_size)
+        return self
 
     @property
     def served_name(self) -> str:
@@ -78,12 +84,13 @@ class S2DServer:
     """One vLLM async engine per replica; continuous batching across requests."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        from s2d_ray.models import resolve_model
         from s2d_ray.serving.engine import AsyncEngine
 
         self.s = ServeSettings(**settings)
         self.key = self.s.api_key or os.environ.get("S2D_API_KEY") or None
-        self.engine = AsyncEngine(resolve_model(self.s.model_dir), self.s.engine, self.s.adapters)
+        # Resolved on this replica's node: built-in names, local dirs and URIs (s3://, gs://).
+        adapters = {name: resolve_model(path, marker="adapter_config.json") for name, path in self.s.adapters.items()}
+        self.engine = AsyncEngine(resolve_model(self.s.model_dir), self.s.engine, adapters)
         self.created = int(time.time())
 
     # -- request plumbing -------------------------------------------------------------------
@@ -286,10 +293,12 @@ def load_settings(model_dir: str, api_key: str | None, config_path: str | None) 
 def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                   config_path: str | None = None) -> None:
     """`s2d serve`: start Ray Serve on host:port and block until Ctrl-C."""
-    from s2d_ray.sampling.pipeline import init_ray
+    from s2d_ray.runtime import init_ray
 
     settings = load_settings(model_dir, api_key, config_path)
-    init_ray()
+    init_ray([("model_dir", settings.model_dir)] if is_path(settings.model_dir) else [])
+    for name, path in settings.adapters.items():
+        require_shared(f"adapters.{name}", path)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings.model_dump()), name="s2d", route_prefix="/")
     auth = "API key required" if (settings.api_key or os.environ.get("S2D_API_KEY")) else "no API key (open)"

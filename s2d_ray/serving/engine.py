@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 from s2d_ray.config import EngineConfig
 from s2d_ray.programs import get_program
 from s2d_ray.programs.base import Call, Completion, ProgramRun
-from s2d_ray.sampling.engine import prepare_cpu_env
+from s2d_ray.sampling.engine import engine_args, prepare_cpu_env
 from s2d_ray.sampling.filters import majority_vote
 
 
@@ -40,9 +40,7 @@ class AsyncEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
-            model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
-            seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=True, enable_lora=bool(adapters),
+            **engine_args(model_path, cfg), enable_prefix_caching=True, enable_lora=bool(adapters),
             max_loras=max(1, len(adapters)), max_lora_rank=64,
         )
         self.llm = AsyncLLM.from_engine_args(args)

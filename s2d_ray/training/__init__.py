@@ -14,9 +14,8 @@ from typing import Any
 
 from s2d_ray.config import RunConfig
 from s2d_ray.errors import S2DError
-from s2d_ray.models import resolve_model
 from s2d_ray.outputs import OutputDir
-from s2d_ray.sampling.pipeline import init_ray
+from s2d_ray.runtime import init_ray
 from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, train_loop_per_worker
 
 TRAIN_INFO = "s2d_train.json"
@@ -60,27 +59,26 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         info["skipped"] = True
         return info
     if not out.files("distill"):
-        raise S2DError(f"train: {out.path('distill')} has no data; run `s2d sample` first")
-    init_ray()
-    model_path = resolve_model(cfg.model)
+        raise S2DError(f"train: {out.uri('distill')} has no data; run `s2d sample` first")
+    init_ray(cfg.locations("output_dir", "model"))
     ds = ray.data.read_parquet(out.path("distill"), filesystem=out.fs, columns=["input", "target"])
     n = ds.count()
     if n < tc.num_workers:
         raise S2DError(f"train: the distillation set has {n} rows, fewer than train.num_workers={tc.num_workers}; "
                        "sample more inputs or lower sample.filter.min_agreement")
     ds = ds.random_shuffle(seed=tc.seed).map_batches(
-        Tokenize, fn_constructor_kwargs={"model_path": model_path, "max_length": tc.max_length},
+        Tokenize, fn_constructor_kwargs={"model": cfg.model, "max_length": tc.max_length},
         batch_size=64, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
     ).materialize()  # tokenized once, before the workers take the CPUs
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": tc.model_dump(), "model_path": model_path, "n_examples": n},
+        train_loop_config={"train": tc.model_dump(), "model": cfg.model, "n_examples": n},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{key}",
-            storage_path=out.path("checkpoints") if "://" in cfg.output_dir else os.path.abspath(out.path("checkpoints")),
+            storage_path=out.uri("checkpoints"),
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),

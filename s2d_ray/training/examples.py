@@ -33,10 +33,12 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int) ->
 class Tokenize:
     """Ray Data map_batches UDF: distillation rows -> input_ids/labels (a tokenizer per actor)."""
 
-    def __init__(self, model_path: str, max_length: int) -> None:
+    def __init__(self, model: str, max_length: int) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        from s2d_ray.models import resolve_model
+
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))  # on this actor's node
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -82,10 +82,13 @@ def _load_model(model_path: str, tc: TrainConfig, ds_config: dict[str, Any]):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: train (TrainConfig dict), model_path, n_examples."""
+    """Ray Train entry point. ``config``: train (TrainConfig dict), model (as configured: resolved
+    here, on this worker's node), n_examples."""
     import deepspeed
     import ray.train
     import torch
+
+    from s2d_ray.models import resolve_model
 
     tc = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
@@ -97,9 +100,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    model_path = resolve_model(config["model"])
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model, _keep = _load_model(config["model_path"], tc, ds_config)
+    model, _keep = _load_model(model_path, tc, ds_config)
     if tc.use_gpu:
         torch.cuda.set_device(ray.train.torch.get_device())
     engine, _, _, _ = deepspeed.initialize(
@@ -164,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       f"lr {metrics['lr']:.2e} {metrics['step_time_s']:.2f}s/step {metrics['tokens_per_s']:.0f} tok/s", flush=True)
             t0, tokens = time.perf_counter(), 0
         epoch, done_in_epoch = epoch + 1, 0
-    _export(engine, tc, config["model_path"], step, history)
+    _export(engine, tc, model_path, step, history)
 
 
 def _report_checkpoint(engine, metrics: dict[str, Any], state: dict[str, Any]) -> None:
@@ -178,21 +182,30 @@ def _report_checkpoint(engine, metrics: dict[str, Any], state: dict[str, Any]) -
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def gathered_state_dict(engine, rank: int) -> dict[str, Any] | None:
+    """The full (unpartitioned) state dict on rank 0's CPU, ``None`` on other ranks.
+
+    ZeRO-3 partitions every weight across ranks: DeepSpeed gathers them one layer at a time
+    to rank 0 and moves each to CPU before the next, so no rank ever holds the whole model
+    on its accelerator (a 7B model would not fit a 24 GB card twice). ZeRO-2 keeps whole
+    weights on every rank: rank 0 copies its own."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()  # every rank takes part
+    if rank != 0:
+        return None
+    return {k: v.detach().to("cpu", copy=True) for k, v in engine.module.state_dict().items()}
+
+
 def _export(engine, tc: TrainConfig, model_path: str, step: int, history: list[dict[str, Any]]) -> None:
-    """Gather the weights (ZeRO-3 partitions them) and report a final checkpoint holding a
-    Hugging Face model (merged, for LoRA) and, for LoRA, the adapter."""
-    import deepspeed
+    """Report a final checkpoint holding a Hugging Face model (merged, for LoRA) and, for
+    LoRA, the adapter, written by rank 0 from the gathered weights."""
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
-    module = engine.module
+    state = gathered_state_dict(engine, rank)
     with tempfile.TemporaryDirectory() as d:
-        export = os.path.join(d, EXPORT_DIR)
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            if rank == 0:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         if rank == 0:
-            _save_hf(module, state, tc, model_path, export)
+            _save_hf(engine.module, state, tc, model_path, os.path.join(d, EXPORT_DIR))
             with open(os.path.join(d, STATE_FILE), "w") as f:
                 json.dump({"step": step, "final": True, "history": history}, f)
         ray.train.report({"step": step, "final": 1}, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)

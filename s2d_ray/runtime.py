@@ -1,0 +1,54 @@
+"""Ray start-up and placement plumbing shared by every stage (sampling, training, evaluation,
+serving): joining the cluster, actor thread options, and refusing storage other nodes cannot see."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from s2d_ray.errors import S2DError
+from s2d_ray.storage import is_local, is_shared_mount
+
+
+def init_ray(locations: Iterable[tuple[str, str]] = ()) -> None:
+    """Join the cluster given by RAY_ADDRESS (e.g. inside `ray job submit`) or start a local one,
+    then check that every ``(field, location)`` is visible to all nodes (``require_shared``)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.verbose_stats_logs = False
+    for name, location in locations:
+        require_shared(name, location)
+
+
+def cluster_hosts() -> set[str]:
+    """IP addresses of the alive nodes (nodes on one host share its disks)."""
+    import ray
+
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+
+
+def require_shared(name: str, location: str, hosts: set[str] | None = None) -> None:
+    """Refuse a local path when the cluster spans several hosts and the path is not on a
+    network filesystem: train workers, engine actors and Ray Data tasks on other hosts would
+    write where nobody reads, or fail to find it."""
+    if not is_local(location):
+        return
+    hosts = cluster_hosts() if hosts is None else hosts
+    path = location.removeprefix("file://")
+    if len(hosts) <= 1 or is_shared_mount(os.path.abspath(os.path.expanduser(path))):
+        return
+    raise S2DError(
+        f"{name}: {location} is a local path, but this Ray cluster has nodes on {len(hosts)} hosts "
+        f"({', '.join(sorted(hosts))}) that cannot see this machine's disk; use storage every node "
+        "reaches: s3://BUCKET/..., gs://BUCKET/..., or a shared mount (NFS, EFS, Filestore)"
+    )
+
+
+def thread_options(cpu_threads: int | None) -> dict[str, Any]:
+    """Ray actor options that give a CPU engine ``cpu_threads`` compute threads (Ray would
+    otherwise pin OMP_NUM_THREADS to the actor's num_cpus); none when unset."""
+    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cpu_threads)}}} if cpu_threads else {}
