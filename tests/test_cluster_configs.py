@@ -265,6 +265,23 @@ def _check_runtime_env(env: dict[str, Any]) -> None:
     assert env["working_dir"].startswith(("https://", "s3://", "gs://")), "pods cannot upload a local dir"
     packages = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
     assert any(p.endswith("[gpu]") for p in packages), "install the project's gpu extra"
+    # Installing CUDA torch + vLLM per pod outlasts Ray's default 600 s runtime-env timeout.
+    assert env["config"]["setup_timeout_seconds"] >= 1800
+
+
+def _pod_specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
+
+
+@pytest.mark.parametrize("path,field", [(RAYJOB, "rayClusterSpec"), (RAYSERVICE, "rayClusterConfig")], ids=["rayjob", "rayservice"])
+def test_kuberay_pods_all_have_storage_credentials(path: Path, field: str) -> None:
+    for pod in _pod_specs(_load(path)["spec"][field]):
+        assert pod.get("serviceAccountName") == "s2d-ray", pod["containers"][0]["name"]
+
+
+def test_rayjob_backoff_limit_needs_kuberay_1_2() -> None:
+    text = RAYJOB.read_text()
+    assert "backoffLimit" in _load(RAYJOB)["spec"] and "operator (>= 1.2)" in text
 
 
 def test_rayjob_manifest() -> None:
@@ -306,10 +323,8 @@ def _serve_app(serve_config: dict[str, Any]) -> dict[str, Any]:
     assert (args["min_replicas"], args["max_replicas"], args["target_ongoing_requests"]) == (
         auto["min_replicas"], auto["max_replicas"], auto["target_ongoing_requests"])
     assert args["num_gpus"] == deployment["ray_actor_options"]["num_gpus"] == args["engine"]["tensor_parallel_size"]
-    try:
-        from s2d_ray.serving.app import S2DServer, ServeSettings
-    except ImportError as e:  # the serving app is optional for these checks
-        pytest.skip(f"s2d_ray.serving.app not importable: {e}")
+    from s2d_ray.serving.app import S2DServer, ServeSettings
+
     ServeSettings(**args)  # the app accepts these args (unknown keys are errors)
     assert deployment["name"] == S2DServer.name
     return app
@@ -341,3 +356,50 @@ def test_serve_gpu_config_is_the_rayservice_app() -> None:
     service_app = yaml.safe_load(_load(RAYSERVICE)["spec"]["serveConfigV2"])["applications"][0]
     assert app["args"] == service_app["args"]
     assert app["deployments"] == service_app["deployments"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the GPU nodes boot and what they may touch
+# ---------------------------------------------------------------------------------------------
+
+AWS_DLAMI = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+
+
+def test_gpu_extra_is_a_cuda_13_build_that_needs_driver_580() -> None:
+    """The premise of the image checks below: vLLM 0.33 pins torch 2.14 (CUDA 13 wheels)."""
+    assert '"vllm==0.33.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_aws_nodes_boot_the_oss_driver_dlami() -> None:
+    config = _prepared(CLUSTER / "aws.yaml")
+    for name, t in config["available_node_types"].items():
+        assert t["node_config"].get("ImageId") == AWS_DLAMI, name  # Ray's default AMI has a driver < 580
+
+
+def test_gcp_nodes_boot_a_driver_580_image() -> None:
+    import re
+
+    config = _prepared(CLUSTER / "gcp.yaml")
+    for name, t in config["available_node_types"].items():
+        (disk,) = t["node_config"]["disks"]
+        family = disk["initializeParams"]["sourceImage"]
+        driver = re.search(r"-nvidia-(\d+)$", family)
+        assert family.startswith("projects/deeplearning-platform-release/") and driver and int(driver.group(1)) >= 580, (name, family)
+
+
+@pytest.mark.parametrize("path", RAY_UP_CONFIGS, ids=lambda p: p.name)
+def test_every_worker_type_has_storage_credentials(path: Path) -> None:
+    """Ray gives its instance profile / service account to the head only; train workers and
+    engine actors on the workers read and write output_dir too."""
+    config = _prepared(path)
+    head = config["head_node_type"]
+    for name, t in config["available_node_types"].items():
+        if name == head:
+            continue
+        nc = t["node_config"]
+        if path.name == "aws.yaml":
+            assert nc["IamInstanceProfile"] == {"Name": "s2d-ray-worker"}, name
+        else:
+            (account,) = nc["serviceAccounts"]
+            assert account["email"].startswith("s2d-ray-worker@"), name
+            assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"], name
