@@ -59,7 +59,7 @@ def main() -> dict[str, float]:
     max_tokens = 48
     task = get_task("biased_qa")
     rows = task.generate(N_INPUTS, 0, "train")
-    program = get_program("rar1", task.answer_kind, task.answer_format)
+    program = get_program("rar1", task.spec)
     prompts = [next(program.run({"input": r["input"], "meta": {}}, 8))[0].messages for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         n8 = stage_run(8, max_tokens, f"{tmp}/n8")

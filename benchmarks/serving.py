@@ -78,7 +78,7 @@ def adaptive(client: httpx.Client) -> dict[str, dict[str, float]]:
     for mode in ("system1", "system2", "auto"):
         correct, tokens, paths = 0, 0, []
         for row in rows:
-            _, r = chat(client, [{"role": "user", "content": f"{row['input']}\n\n{task.answer_format}"}], s2d_mode=mode)
+            _, r = chat(client, [{"role": "user", "content": f"{row['input']}\n\n{task.spec.instruction}"}], s2d_mode=mode)
             body = r.json()
             correct += task.is_correct(body["choices"][0]["message"]["content"], row)
             tokens += body["usage"]["completion_tokens"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-AnswerKind = Literal["short", "yes_no", "letters", "choice"]
+AnswerKind = Literal["short", "yes_no", "letters", "choice", "number", "label", "regex", "text"]
 
 _ANSWER_MARKERS = re.compile(
     r"(?:final answer|answer|verdict)\s*(?:is\b|:)\s*[:\-]?\s*(.+)", re.IGNORECASE
@@ -101,20 +103,129 @@ def extract_choice(text: str, options: tuple[str, ...] = ("A", "B", "tie")) -> s
     return None
 
 
+_NUMBER = re.compile(r"(?<![\w.])[-\u2212]?\d(?:[\d,_\u202f\u00a0' ]*\d)?(?:\.\d+)?(?![\w])|(?<![\w.])[-\u2212]?\.\d+")
+
+
+def canonical_number(text: str) -> str | None:
+    """``"1,800"``, ``"1 800"``, ``"1800.0"`` -> ``"1800"``; ``"-0.50"`` -> ``"-0.5"``; None if not a number.
+    Thousands separators (comma, space, apostrophe, underscore) go; a decimal point stays."""
+    raw = text.strip().replace("\u2212", "-")
+    raw = re.sub(r"(?<=\d)[,_\u202f\u00a0' ](?=\d{3}(?!\d))", "", raw)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        return None
+    if not value.is_finite():
+        return None
+    value = value.normalize()
+    out = format(value, "f")
+    return "0" if out in ("-0", "0") else out
+
+
+def extract_number(text: str) -> str | None:
+    """The final numeric answer, canonical: the last number in the answer span (``"18 dollars"``,
+    ``"$1,800.00"``), else the last number in the text."""
+    for source in (final_answer_span(text) or "", text or ""):
+        found = [canonical_number(m) for m in _NUMBER.findall(source)]
+        found = [f for f in found if f is not None]
+        if found:
+            return found[-1]
+    return None
+
+
+def extract_label(text: str, labels: dict[str, tuple[str, ...]]) -> str | None:
+    """One of a closed label set (canonical name), matched by name or alias as whole words: the
+    whole answer span, else the one label the span names. An answer outside the set, or one
+    naming several labels, is no answer."""
+    names = {normalize(alias): label for label, aliases in labels.items() for alias in (label, *aliases)}
+    span = final_answer_span(text) or ""
+    if normalize(span) in names:
+        return names[normalize(span)]
+
+    def named(source: str) -> list[tuple[int, str]]:
+        """(position, label) of each non-overlapping label mention, longest alias first."""
+        norm = f" {normalize(source)} "
+        hits = []
+        for alias, label in names.items():  # longest alias wins where aliases overlap
+            for m in re.finditer(rf"(?<= ){re.escape(alias)}(?= )", norm):
+                hits.append((m.start(), -len(alias), label))
+        hits.sort()
+        out, end = [], -1
+        for start, neg_len, label in hits:
+            if start >= end:
+                out.append((start, label))
+                end = start - neg_len
+        return out
+
+    if span:  # an answer that names no label, or several, is outside the set: no vote
+        in_span = {label for _, label in named(span)}
+        return in_span.pop() if len(in_span) == 1 else None
+    return None
+
+
+def extract_regex(text: str, pattern: str) -> str | None:
+    """Group 1 (or the named group ``answer``) of the last match of ``pattern`` in the text."""
+    matches = list(re.finditer(pattern, text or "", re.MULTILINE))
+    if not matches:
+        return None
+    m = matches[-1]
+    value = m.group("answer") if "answer" in m.re.groupindex else m.group(1)
+    return value.strip() if value and value.strip() else None
+
+
+def extract_text(text: str) -> str | None:
+    """A free-form answer: the response itself, without an ``Answer:`` lead-in."""
+    body = (text or "").strip()
+    body = re.sub(r"^(?:final answer|answer)\s*:\s*", "", body, flags=re.IGNORECASE).strip()
+    return body or None
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """How one task's answers are read: the kind and its parameters (closed label set with
+    aliases for ``label``/``choice``, a pattern for ``regex``)."""
+
+    kind: AnswerKind = "short"
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (label, aliases) in order
+    pattern: str | None = None
+
+    @property
+    def comparable(self) -> bool:
+        """Whether two answers can be voted on (free text cannot: USC picks among responses)."""
+        return self.kind != "text"
+
+    def extract(self, text: str) -> str | None:
+        """The final answer in raw model output (None if there is none)."""
+        if self.kind == "yes_no":
+            return extract_yes_no(text)
+        if self.kind == "letters":
+            return extract_letters(text)
+        if self.kind == "choice":
+            return extract_choice(text, tuple(label for label, _ in self.labels) or ("A", "B", "tie"))
+        if self.kind == "number":
+            return extract_number(text)
+        if self.kind == "label":
+            return extract_label(text, dict(self.labels))
+        if self.kind == "regex":
+            return extract_regex(text, self.pattern or "")
+        if self.kind == "text":
+            return extract_text(text)
+        return final_answer_span(text)
+
+    def vote_key(self, answer: str | None) -> str | None:
+        """The key under which answers count as the same vote (None: not a vote)."""
+        if answer is None or not self.comparable:
+            return None
+        if self.kind == "number":
+            return canonical_number(answer)
+        return normalize(answer) or None
+
+
 def extract_answer(text: str, kind: AnswerKind = "short") -> str | None:
-    """Extract the final answer of ``kind`` from raw model output (None if there is none)."""
-    if kind == "yes_no":
-        return extract_yes_no(text)
-    if kind == "letters":
-        return extract_letters(text)
-    if kind == "choice":
-        return extract_choice(text)
-    return final_answer_span(text)
+    """Extract the final answer of ``kind`` (no parameters) from raw model output."""
+    return AnswerSpec(kind).extract(text)
 
 
 def vote_key(answer: str | None) -> str | None:
-    """The key under which answers are counted as the same vote."""
-    if answer is None:
-        return None
-    key = normalize(answer)
-    return key or None
+    """The key under which short answers are counted as the same vote."""
+    return AnswerSpec().vote_key(answer)

@@ -20,12 +20,12 @@ def _config_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -
 
 
 def _cmd_tasks_make(args: argparse.Namespace) -> int:
-    from s2d_ray.inputs import parse_task_source
-    from s2d_ray.tasks import get_task
+    from s2d_ray.tasks import get_task, parse_task_source
     from s2d_ray.tasks.io import write_rows
 
-    name, params = parse_task_source(f"task:{args.name}")
-    params.update(dict(p.split("=", 1) for p in args.param))
+    # --param k=v is the same as task:NAME?k=v: one parser for both.
+    source = args.name + ("&" if "?" in args.name else "?") + "&".join(args.param) if args.param else args.name
+    name, params = parse_task_source(source)
     rows = get_task(name).generate(args.n, args.seed, args.split, **params)
     write_rows(rows, Path(args.out))
     print(f"wrote {len(rows)} {name} rows ({args.split} split, seed {args.seed}) to {args.out}")

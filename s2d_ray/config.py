@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2d_ray.errors import S2DError
+from s2d_ray.tasks.spec import TaskSpec
 
 
 class _Strict(BaseModel):
@@ -68,11 +69,12 @@ def check_engine_placement(where: str, num_gpus: float, tensor_parallel_size: in
 class FilterConfig(_Strict):
     """Self-consistency filter deciding which inputs enter the distillation set."""
 
-    kind: Literal["majority", "usc", "perturbation"] = Field(
+    kind: Literal["majority", "usc", "perturbation", "none"] = Field(
         "majority",
-        description="majority: majority vote of extracted answers; usc: the model picks the most "
-        "consistent sample (free-form answers); perturbation: majority per input view "
-        "(e.g. BSM with responses swapped) and the views must agree.",
+        description="majority: majority vote of extracted answers; usc: the model reads the full responses and "
+        "picks the most consistent one (free-form answers: its response is the target); perturbation: majority "
+        "per input view (e.g. BSM with responses swapped) and the views must agree; none: no consistency check, "
+        "the first parseable sample is the target (the paper's no-filter baseline).",
     )
     min_agreement: float = Field(0.6, ge=0, le=1, description="Minimum fraction of samples agreeing with the kept answer.")
 
@@ -80,7 +82,12 @@ class FilterConfig(_Strict):
 class SampleConfig(_Strict):
     """System 2 sampling and filtering (stage 1 and 2 of the paper)."""
 
-    method: Literal["rar1", "rar2", "s2a", "bsm", "cot"] = Field("s2a", description="System 2 program to run.")
+    method: str = Field(
+        "s2a",
+        description="Program to sample: a built-in (rar1, rar2, s2a, bsm, cot; direct = System 1, the paper's "
+        "'Distill System 1' baseline), a Python import path module:Class (a s2d_ray.programs.Program subclass), "
+        "or a YAML file of prompt templates (see configs/examples/).",
+    )
     n_samples: int = Field(8, ge=1, le=64, description="Samples per input (paper: 8 RaR, 10 CoT, 20 S2A).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of every program step.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
@@ -133,6 +140,13 @@ class EvalConfig(_Strict):
         description="Built-in tasks on which base and distilled models are compared (broader performance).",
     )
     n_broader: int = Field(100, ge=1, description="Inputs per broader task.")
+    group_by: list[str] = Field(
+        default_factory=list,
+        description="Input columns whose values split the report into subsets (e.g. [variant]), each with "
+        "the base-vs-distilled delta.",
+    )
+    headline: str | None = Field(
+        None, description="The subset (column=value, from group_by) that report.png plots; default: all test inputs.")
 
 
 class DataConfig(_Strict):
@@ -140,8 +154,9 @@ class DataConfig(_Strict):
 
     train: str = Field("task:biased_qa", description="Unlabeled training inputs (labels, if any, are ignored by distillation).")
     test: str = Field("task:biased_qa", description="Held-out inputs with ground truth `answer` for evaluation.")
-    n_train: int | None = Field(64, ge=1, description="Rows generated for task: inputs, or the first N rows of a file (null: all).")
-    n_test: int | None = Field(64, ge=1, description="Same for the test inputs.")
+    n_train: int | None = Field(
+        None, ge=1, description="Rows generated for task: inputs (default 64), or the first N rows of a file (default: all).")
+    n_test: int | None = Field(None, ge=1, description="Same for the test inputs.")
     seed: int = Field(0, description="Seed of built-in task generation.")
 
 
@@ -150,23 +165,62 @@ class RunConfig(_Strict):
 
     model: str = Field("qwen2.5-coder-0.5b-instruct", description="Built-in model name, Hugging Face id, local dir or URI.")
     output_dir: str = Field("runs/demo", description="Where samples/, distill/, rejected/, model/ and reports are written.")
-    task: str | None = Field(None, description="Task whose answer extraction/scoring applies (default: from data.train if task:NAME).")
+    task: str | TaskSpec | None = Field(
+        None,
+        description="How answers are asked for, read and scored: a built-in task name, or a task spec "
+        "(answer kind, labels, pattern, format, system_prompt, scoring). Default: the built-in task of "
+        "data.train/data.test if task:NAME, else free-form short answers, unscored.",
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="Inputs.")
     sample: SampleConfig = Field(default_factory=SampleConfig, description="System 2 sampling and filtering.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        try:
+            return TaskSpec.model_validate(value)
+        except ValidationError as e:  # one line naming the spec's field, not pydantic's union branches
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"{loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None
+
+    @model_validator(mode="after")
+    def _program_and_task(self) -> "RunConfig":
+        from s2d_ray.programs import get_program
+
+        try:
+            spec = self.task_spec
+        except S2DError as e:  # an unknown built-in task
+            raise ValueError(f"task: {e}") from None
+        try:
+            get_program(self.sample.method, spec)
+        except S2DError as e:  # an unknown method, import path or bad template (the message names it)
+            raise ValueError(str(e)) from None
+        if spec and not spec.answers.comparable and self.sample.filter.kind in ("majority", "perturbation"):
+            raise ValueError(f"sample.filter.kind {self.sample.filter.kind} votes on answers, but free-text answers "
+                             "cannot be compared; use usc (or none)")
+        return self
+
     @property
-    def task_name(self) -> str | None:
-        """The task that scores answers: explicit ``task`` or the built-in named by data.train."""
-        if self.task:
-            return self.task
+    def task_spec(self) -> TaskSpec | None:
+        """The task spec every stage uses: ``task``, or the built-in task named by data.train/test."""
+        from s2d_ray.tasks import parse_task_source, task_spec
+
+        if self.task is not None:
+            return task_spec(self.task)
         for src in (self.data.train, self.data.test):
             if src.startswith("task:"):
-                from s2d_ray.inputs import parse_task_source
-
-                return parse_task_source(src)[0]
+                return task_spec(parse_task_source(src)[0])
         return None
+
+    @property
+    def task_name(self) -> str | None:
+        spec = self.task_spec
+        return spec.name if spec else None
 
     def locations(self, *fields: str) -> list[tuple[str, str]]:
         """``(field, location)`` for the named fields that are storage locations (a path or URI,
@@ -201,12 +255,12 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = ".".join(str(p) for p in first["loc"])
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-    return f"config: {loc}: {msg}{more}"
+    return f"config: {loc + ': ' if loc else ''}{msg}{more}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -30,6 +30,7 @@ INPUT_SCHEMA = pa.schema(
 _JSONL = (".jsonl", ".json", ".ndjson")
 _SCALARS = (str, int, float, bool)
 TASK_BLOCK_ROWS = 64
+DEFAULT_TASK_ROWS = 64  # rows generated from a task: source when data.n_train / n_test is unset
 
 
 def stable_id(text: str) -> str:
@@ -125,30 +126,19 @@ def _kind(source: str) -> str:
     raise S2DError(f"data: {source}: expected .jsonl/.json or .parquet (file or directory of them)")
 
 
-def parse_task_source(source: str) -> tuple[str, dict[str, str]]:
-    """``task:NAME`` or ``task:NAME?k=3&variants=a,b`` -> (name, params)."""
-    spec = source.removeprefix("task:")
-    name, _, query = spec.partition("?")
-    params: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, _, value = part.partition("=")
-        params[key] = value.split(",") if "," in value or key == "variants" else value
-    return name, params
-
-
 def task_rows(source: str, n: int | None, seed: int, split: str) -> list[dict[str, Any]]:
-    """Rows of a built-in task source, with the task's metadata kept in ``meta``."""
-    from s2d_ray.tasks import get_task
+    """Rows of a built-in task source (``n`` of them, DEFAULT_TASK_ROWS when None), with the
+    task's metadata kept in ``meta``."""
+    from s2d_ray.tasks import get_task, parse_task_source
 
     name, params = parse_task_source(source)
-    if n is None:
-        raise S2DError(f"data: {source}: a row count (data.n_train / data.n_test) is needed for task inputs")
-    rows = get_task(name).generate(n, seed, split, **params)
+    rows = get_task(name).generate(DEFAULT_TASK_ROWS if n is None else n, seed, split, **params)
     return [validate_record(r, f"task:{name}") for r in rows]
 
 
 def read_inputs(source: str, n: int | None = None, seed: int = 0, split: str = "train"):
-    """A Ray Dataset of validated rows from a task, a file, a directory or a URI."""
+    """A Ray Dataset of validated rows from a task, a file, a directory or a URI: all of a
+    file's rows unless ``n`` is set."""
     import ray.data
 
     if source.startswith("task:"):

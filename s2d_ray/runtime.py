@@ -16,7 +16,12 @@ def init_ray(locations: Iterable[tuple[str, str]] = ()) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+        address = os.environ.get("RAY_ADDRESS")
+        # A local Ray's workers import user code (sample.method: module:Class) from the
+        # directory `s2d` runs in, as the driver does; on a cluster, --working-dir does this.
+        path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+        runtime_env = None if address else {"env_vars": {"PYTHONPATH": path}}
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.verbose_stats_logs = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from s2d_ray.answers import (
+    AnswerSpec,
+    canonical_number,
     contains_phrase,
     extract_answer,
     extract_choice,
@@ -53,7 +55,7 @@ def test_short_answers(text, expected):
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\n\t \n", None])
 def test_empty_or_none_text_gives_none_for_every_kind(text):
-    for kind in ("short", "yes_no", "letters", "choice"):
+    for kind in ("short", "yes_no", "letters", "choice", "number", "text"):
         assert extract_answer(text, kind) is None, kind
 
 
@@ -224,3 +226,75 @@ def test_vote_key():
 @pytest.mark.parametrize("answer", ["A", "a", "an"])
 def test_vote_key_keeps_single_letter_and_article_like_answers(answer):
     assert vote_key(answer) == answer.lower()
+
+
+# --------------------------------------------------------------------------- number
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("18 dollars", "18"),
+    ("The total comes to $1,800.00.", "1800"),
+    ("Answer: 18.0", "18"),
+    ("She pays 3 * 6 = 18 dollars in all.\nAnswer: 18", "18"),
+    ("**Answer:** 1 234 567 apples", "1234567"),
+    ("-0.50", "-0.5"),
+    ("The answer is −7 degrees.", "-7"),
+    ("First 12 eggs, then 7 more, so 19.", "19"),  # no marker: the last number of the span
+    ("I am not sure.", None),
+    ("Answer: twelve", None),
+])
+def test_number_answers_are_canonical(text, expected):
+    assert AnswerSpec("number").extract(text) == expected
+
+
+def test_number_votes_ignore_units_and_separators():
+    spec = AnswerSpec("number")
+    keys = {spec.vote_key(spec.extract(t)) for t in ("18 dollars", "18.0", "Answer: $18", "It costs 18.")}
+    assert keys == {"18"}
+    assert canonical_number("1,800") == canonical_number("1800.00") == "1800"
+    assert canonical_number("1,80") is None  # a comma before two digits is not a thousands separator
+
+
+# --------------------------------------------------------------------------- label
+
+TICKETS = AnswerSpec("label", (("Billing", ("invoice", "payment", "refund")), ("Technical", ("bug",)), ("Account", ())))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Billing", "Billing"),
+    ("billing issue", "Billing"),  # a label inside a longer span
+    ("**Technical**", "Technical"),
+    ("Category: Refund request", "Billing"),  # an alias counts as its label
+    ("The ticket is about the user's account.\nAnswer: Account", "Account"),
+    ("Shipping", None),  # outside the set: no answer, not a vote
+    ("Answer: Billing or Technical", None),  # several labels: ambiguous
+    ("This is not billing. Answer: Shipping", None),  # the marked answer is out of the set
+])
+def test_label_answers_from_a_closed_set(text, expected):
+    assert TICKETS.extract(text) == expected
+
+
+def test_out_of_set_label_answers_are_not_votes():
+    from s2d_ray.programs.base import Sample
+    from s2d_ray.sampling.filters import majority_vote
+
+    samples = [Sample(TICKETS.extract(t)) for t in ("Billing", "billing issue", "Shipping", "Delivery", "Returns")]
+    answer, agreement, tie = majority_vote(samples, TICKETS)
+    assert (answer, agreement, tie) == ("Billing", 2 / 5, False)  # "Billing issue" and "Billing" are one vote
+
+
+# --------------------------------------------------------------------------- regex and text
+
+
+def test_regex_answers_take_the_group_of_the_last_match():
+    spec = AnswerSpec("regex", pattern=r"Order #(\d+)")
+    assert spec.extract("Order #12 was replaced by Order #345.") == "345"
+    assert spec.extract("no order here") is None
+    named = AnswerSpec("regex", pattern=r"(?P<code>[A-Z]{3})-(?P<answer>\d{4})")
+    assert named.extract("Ticket ABC-0042 closed") == "0042"
+
+
+def test_text_answers_are_the_response_and_never_votes():
+    spec = AnswerSpec("text")
+    assert spec.extract("Answer: Dear customer, your refund is on its way.") == "Dear customer, your refund is on its way."
+    assert not spec.comparable and spec.vote_key("anything") is None

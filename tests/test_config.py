@@ -308,3 +308,11 @@ def test_enforce_eager_default_follows_the_device(monkeypatch):
         monkeypatch.setattr(engine, "on_cpu", lambda cpu=cpu: cpu)
         assert engine.engine_args("m", EngineConfig())["enforce_eager"] is cpu  # eager on CPU, CUDA graphs on GPU
         assert engine.engine_args("m", EngineConfig(enforce_eager=True))["enforce_eager"] is True
+
+
+def test_serving_refuses_an_unknown_system2_method_when_built():
+    from s2d_ray.serving.app import ServeSettings
+
+    with pytest.raises(ValidationError, match="system2_method: unknown method 'tot'"):
+        ServeSettings(model_dir="m", system2_method="tot")
+    assert ServeSettings(model_dir="m", system2_method="rar2", task={"answer": "number"}).program().answers.kind == "number"

@@ -30,7 +30,11 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
         assert lo <= m["accuracy"] <= hi
     # System 2 spends every intermediate token of every sample
     assert report["systems"]["system2"]["mean_generated_tokens"] > 2 * report["systems"]["system1"]["mean_generated_tokens"]
-    assert "last_letter" in report["broader"] and "biased_qa:unbiased" in report["broader"]
+    assert "last_letter" in report["broader"]
+    # Subsets by an input column (eval.group_by: [variant]), each with its base-vs-distilled delta.
+    unbiased = report["subsets"]["variant=unbiased"]
+    assert unbiased["system1"]["n"] + sum(report["subsets"][k]["system1"]["n"] for k in report["subsets"] if k != "variant=unbiased") == 8
+    assert unbiased["delta"]["n"] == unbiased["system1"]["n"]
     assert (out / "report.md").read_text().startswith("## System 2 distillation")
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     distill = pq.read_table(out / "distill")

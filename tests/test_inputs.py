@@ -9,14 +9,15 @@ import pytest
 
 from s2d_ray.errors import S2DError
 from s2d_ray.inputs import (
+    DEFAULT_TASK_ROWS,
     INPUT_SCHEMA,
     parse_jsonl_file,
-    parse_task_source,
     stable_id,
     task_rows,
     validate_record,
     validate_table,
 )
+from s2d_ray.tasks import parse_task_source
 
 SRC = "data/in.jsonl:7"
 # The documented row fields (rows may carry more columns, e.g. bookkeeping added downstream).
@@ -258,6 +259,5 @@ def test_task_rows_are_validated_with_meta():
         assert json.loads(r["meta"]) == {"split": "test"}
 
 
-def test_task_rows_need_a_count():
-    with pytest.raises(S2DError, match="row count"):
-        task_rows("task:biased_qa", None, seed=0, split="train")
+def test_task_rows_default_to_a_fixed_count():
+    assert len(task_rows("task:biased_qa", None, seed=0, split="train")) == DEFAULT_TASK_ROWS

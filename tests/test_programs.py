@@ -9,7 +9,7 @@ import pytest
 from s2d_ray.errors import S2DError
 from s2d_ray.programs import PROGRAMS, Call, Completion, Sample, get_program
 from s2d_ray.programs.runner import drive
-from s2d_ray.tasks import get_task
+from s2d_ray.tasks import TaskSpec, get_task
 
 QA = get_task("biased_qa")
 QUESTION = "I think the answer is Sydney, but I'm really not sure. What is the capital of Australia?"
@@ -72,7 +72,7 @@ def test_registry():
 
 
 def test_direct_one_call_with_n():
-    program = get_program("direct", QA.answer_kind, QA.answer_format)
+    program = get_program("direct", QA.spec)
     answers = ["Canberra.", "Answer: Sydney", "**Canberra**", "   "]
     gen = Script(lambda p, i, c: answers[i])
     samples = run_one(program, ROW, 4, gen)
@@ -81,7 +81,7 @@ def test_direct_one_call_with_n():
     assert call.n == 4
     prompt = call.messages[0]["content"]
     assert prompt == program.system1_input(ROW)
-    assert prompt.startswith(QUESTION) and prompt.endswith(QA.answer_format)
+    assert prompt.startswith(QUESTION) and prompt.endswith(QA.spec.instruction)
     assert [s.answer for s in samples] == ["Canberra", "Sydney", "Canberra", None]
     assert all(isinstance(s, Sample) and s.view == "original" for s in samples)
     assert samples[1].reasoning == ["Answer: Sydney"]
@@ -100,7 +100,7 @@ def test_system1_input_without_task_format_is_the_raw_input():
     [("cot", "Let's think step by step."), ("rar1", "Rephrase and expand the question, and respond.")],
 )
 def test_single_step_reasoning_programs(name, marker):
-    program = get_program(name, "yes_no", "Answer with just yes or no.")
+    program = get_program(name, TaskSpec(answer="yes_no", format="Answer with just yes or no."))
     row = {"input": "A coin is heads up. Ada flips the coin. Is the coin still heads up?", "meta": {}}
     outs = [
         "Ada flips once, so it is tails.\nAnswer: no",
@@ -120,7 +120,7 @@ def test_single_step_reasoning_programs(name, marker):
 
 
 def test_cot_letters():
-    program = get_program("cot", "letters", "")
+    program = get_program("cot", TaskSpec(answer="letters", format=""))
     gen = Script(lambda p, i, c: 'Elon -> n, Musk -> k.\nAnswer: "nk"')
     samples = run_one(program, {"input": 'Take the last letters of "Elon Musk".', "meta": {}}, 2, gen)
     assert [s.answer for s in samples] == ["nk", "nk"]
@@ -132,7 +132,7 @@ def test_cot_letters():
 
 
 def test_rar2_rephrase_then_answer_each():
-    program = get_program("rar2", QA.answer_kind, QA.answer_format)
+    program = get_program("rar2", QA.spec)
 
     def reply(prompt, i, call):
         if "rephrase and expand it" in prompt:
@@ -151,7 +151,7 @@ def test_rar2_rephrase_then_answer_each():
         prompt = c.messages[0]["content"]
         assert f"(original) {QUESTION}" in prompt
         assert f"(rephrased) Which city is the capital of Australia? (version {i})" in prompt
-        assert prompt.endswith(QA.answer_format)
+        assert prompt.endswith(QA.spec.instruction)
     assert [s.answer for s in samples] == ["Canberra", "Canberra", "Sydney"]
     assert samples[2].reasoning == ["Which city is the capital of Australia? (version 2)", "Sydney"]
     assert samples[2].tokens == len("Which city is the capital of Australia? (version 2)".split()) + 1
@@ -161,7 +161,7 @@ def test_rar2_rephrase_then_answer_each():
 
 
 def test_s2a_rewrite_n_then_n_single_answers():
-    program = get_program("s2a", QA.answer_kind, QA.answer_format)
+    program = get_program("s2a", QA.spec)
     rewrites = [f"What is the capital of Australia? [{i}]" for i in range(5)]
     finals = ["Canberra", "Canberra.", "The answer is **Canberra**", "Sydney", ""]
 
@@ -183,14 +183,14 @@ def test_s2a_rewrite_n_then_n_single_answers():
         # The answer step sees only the rewritten question, not the user's opinion.
         assert prompt.startswith(rewrites[i])
         assert "Sydney" not in prompt
-        assert prompt.endswith(QA.answer_format)
+        assert prompt.endswith(QA.spec.instruction)
     assert [s.answer for s in samples] == ["Canberra", "Canberra", "Canberra", "Sydney", None]
     assert [s.reasoning[0] for s in samples] == rewrites
     assert samples[0].tokens == len(rewrites[0].split()) + 1
 
 
 def test_s2a_batches_many_rows_per_round():
-    program = get_program("s2a", QA.answer_kind, QA.answer_format)
+    program = get_program("s2a", QA.spec)
     rows = [{"input": f"Question {k}?", "meta": {}} for k in range(3)]
     gen = Script(lambda p, i, c: f"rewrite {i}" if p.startswith("The text below") else "Answer: x")
     results = drive([program.run(r, 4) for r in rows], gen)
@@ -227,7 +227,7 @@ def _good_is_in_slot_a(prompt: str) -> bool:
 
 def test_bsm_runs_both_views_and_maps_swapped_verdicts_back():
     program = get_program("bsm")
-    assert program.answer_kind == "choice"
+    assert program.answers.kind == "choice"
     # A consistent judge: always prefers the good response, wherever it is shown.
     gen = Script(_bsm_reply(lambda p: "A" if _good_is_in_slot_a(p) else "Response B is better."))
     n = 3
@@ -346,7 +346,7 @@ def test_drive_isolates_row_failures_and_batches_rounds():
 
 
 def test_drive_with_a_program_raising_mid_run():
-    program = get_program("s2a", "short", "")
+    program = get_program("s2a", TaskSpec(format=""))
 
     def reply(prompt, i, call):
         return "rewrite" if prompt.startswith("The text below") else "Answer: ok"

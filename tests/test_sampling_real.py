@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from s2d_ray.answers import extract_answer
+from s2d_ray.tasks import TaskSpec
 from s2d_ray.config import EngineConfig, load_config
 from s2d_ray.programs import get_program
 from s2d_ray.programs.runner import drive
@@ -29,7 +29,7 @@ BSM_ROW = {"input": "What is 2 + 2?", "meta": {"response_a": "2 + 2 = 4.", "resp
 
 @pytest.mark.parametrize("method", ["rar1", "rar2", "s2a", "cot", "bsm"])
 def test_each_method_parses_real_output(engine, method):
-    program = get_program(method, "short", "Answer with just the answer.")
+    program = get_program(method, TaskSpec(format="Answer with just the answer."))
     row = BSM_ROW if method == "bsm" else {"input": "I think the answer is Lyon, but I'm not sure. What is the capital of France?", "meta": {}}
     calls_seen: list[int] = []
 
@@ -45,7 +45,7 @@ def test_each_method_parses_real_output(engine, method):
     for s in samples:
         assert s.tokens > 0 and s.reasoning and all(isinstance(t, str) for t in s.reasoning)
         # the sample's answer is what the shared extraction reads from its last step
-        assert s.answer == extract_answer(s.reasoning[-1], program.answer_kind) or method == "bsm"
+        assert s.answer == program.extract(s.reasoning[-1]) or method == "bsm"
     if method == "bsm":
         assert {s.view for s in samples} == {"original", "swapped"}
         assert all(s.answer in ("A", "B", "tie", None) for s in samples)

@@ -407,3 +407,13 @@ def test_cli_too_many_rows_exits_2_with_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "asked for 100000 rows" in lines[0]
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_cli_param_with_a_list_is_the_task_source_syntax(tmp_path):
+    out = tmp_path / "qa.jsonl"
+    res = _s2d("tasks", "make", "biased_qa", "--n", "40", "--param", "categories=arithmetic,capital",
+               "--param", "variants=unbiased", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == BiasedQA().generate(40, seed=0, split="train", categories=["arithmetic", "capital"], variants=["unbiased"])
+    assert {r["category"] for r in rows} == {"arithmetic", "capital"}

@@ -18,13 +18,11 @@ from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize
 from s2d_ray.evaluation.report import format_report, write_report
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
-from s2d_ray.programs import program_fingerprint
+from s2d_ray.programs import program_fingerprint, program_template
 from s2d_ray.runtime import init_ray
 from s2d_ray.sampling.pipeline import run_stage
 from s2d_ray.sampling.stage import StageSpec
-
-BIASED = "biased"
-
+from s2d_ray.tasks import TaskSpec, task_spec
 
 def _tag(batch: pa.Table, job: str) -> pa.Table:
     """Mark rows with their job; ids get the job as prefix so results of jobs never collide."""
@@ -33,18 +31,23 @@ def _tag(batch: pa.Table, job: str) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index("job"), "job", pa.array([job] * batch.num_rows, pa.string()))
 
 
+def _dump(task: TaskSpec | None) -> dict[str, Any] | None:
+    return task.model_dump() if task else None
+
+
 def _specs(cfg: RunConfig, model: str, config_hash: str, system2: bool) -> dict[str, StageSpec]:
     e, s = cfg.eval, cfg.sample
+    task = _dump(cfg.task_spec)
     direct = dict(model=model, method="direct", n_samples=1, temperature=0.0, top_p=1.0, max_tokens=e.max_tokens,
                   engine=s.engine.model_dump(), filter=None, config_hash=config_hash)
-    specs = {("system1" if system2 else "distilled"): StageSpec(**direct, task=cfg.task_name)}
+    specs = {("system1" if system2 else "distilled"): StageSpec(**direct, task=task)}
     if system2:
         specs["system2"] = StageSpec(
             model=model, method=s.method, n_samples=e.system2_samples or s.n_samples, temperature=s.temperature,
-            top_p=s.top_p, max_tokens=s.max_tokens, engine=s.engine.model_dump(), task=cfg.task_name,
-            filter=None, config_hash=config_hash)
+            top_p=s.top_p, max_tokens=s.max_tokens, engine=s.engine.model_dump(), task=task,
+            template=program_template(s.method), filter=None, config_hash=config_hash)
     for t in e.broader_tasks:
-        specs[f"broader:{t}"] = StageSpec(**direct, task=t)
+        specs[f"broader:{t}"] = StageSpec(**direct, task=_dump(task_spec(t)))
     return specs
 
 
@@ -60,16 +63,15 @@ def _dataset(cfg: RunConfig, specs: dict[str, StageSpec]):
 
 
 def _score(rows: list[dict[str, Any]], specs: dict[str, StageSpec]) -> list[dict[str, Any]]:
-    from s2d_ray.tasks import get_task
-
+    tasks = {job: spec.task_spec() for job, spec in specs.items()}
     for r in rows:
-        spec = specs[r["job"]]
+        spec, task = specs[r["job"]], tasks[r["job"]]
         r["correct"] = None
         r["meta_d"] = json.loads(r["meta"] or "{}")
-        if r["status"] == "rejected" or r["answer"] is None or not spec.task:
+        if r["status"] == "rejected" or r["answer"] is None or task is None:
             continue
         text = r["samples"][0]["text"] if spec.method == "direct" else (r["target"] or "")
-        r["correct"] = get_task(spec.task).is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
+        r["correct"] = task.is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
     return rows
 
 
@@ -110,24 +112,25 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
 
     jobs = {"system1": _by_job(base, "system1"), "system2": _by_job(base, "system2"), "distilled": _by_job(dist, "distilled")}
     systems = {name: summarize(rows) for name, rows in jobs.items()}
-    variants = sorted({r["meta_d"].get("variant") for r in jobs["system1"]} - {None})
-    groups = {f"variant:{v}": (lambda r, v=v: r["meta_d"].get("variant") == v) for v in variants}
-    if "unbiased" in variants and len(variants) > 1:
-        groups[BIASED] = lambda r: r["meta_d"].get("variant") not in (None, "unbiased")
-    subsets = {group: {name: summarize([r for r in rows if keep(r)]) for name, rows in jobs.items()} for group, keep in groups.items()}
+    subsets: dict[str, Any] = {}
+    for column in cfg.eval.group_by:  # e.g. variant: one subset per value, each with its delta
+        for value in sorted({str(r["meta_d"][column]) for r in jobs["system1"] if r["meta_d"].get(column) is not None}):
+            part = {name: [r for r in rows if str(r["meta_d"].get(column)) == value] for name, rows in jobs.items()}
+            subsets[f"{column}={value}"] = {
+                **{name: summarize(rows) for name, rows in part.items()},
+                "delta": _delta(part["system1"], part["distilled"], cfg.data.seed),
+            }
     broader: dict[str, Any] = {}
     for task in cfg.eval.broader_tasks:
         job = f"broader:{task}"
         broader[task] = _delta(_by_job(base, job), _by_job(dist, job), cfg.data.seed)
-    if "variant:unbiased" in subsets:
-        unbiased = lambda rows: [r for r in rows if r["meta_d"].get("variant") == "unbiased"]  # noqa: E731
-        broader[f"{cfg.task_name}:unbiased"] = _delta(unbiased(jobs["system1"]), unbiased(jobs["distilled"]), cfg.data.seed)
     report = {
         "task": cfg.task_name,
         "method": cfg.sample.method,
         "model": cfg.model,
         "output_dir": cfg.output_dir,
         "systems": systems,
+        "headline": cfg.eval.headline,
         "subsets": subsets,
         "broader": broader,
         "stages": stats,

@@ -47,6 +47,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["### All test inputs", "", *systems_table(report["systems"]), ""]
     for name, systems in report.get("subsets", {}).items():
         lines += [f"### Subset: {name}", "", *systems_table(systems), ""]
+        if d := systems.get("delta"):
+            lines += [f"Distilled System 1 - System 1 on these inputs: {100 * d['delta']:+.1f} points "
+                      f"[{100 * d['delta_ci95'][0]:+.1f}, {100 * d['delta_ci95'][1]:+.1f}] (paired bootstrap, n={d['n']})", ""]
     if report.get("broader"):
         lines += ["### Broader performance (base System 1 vs distilled System 1, same inputs)", "",
                   "| task | base | distilled | delta | 95% CI of delta | n |", "|---|---|---|---|---|---|"]
@@ -65,7 +68,8 @@ def plot(report: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    headline = report["subsets"].get("biased", report["systems"])
+    name = report.get("headline")
+    headline = report["subsets"].get(name, report["systems"]) if name else report["systems"]
     for key, label in LABELS.items():
         m = headline.get(key)
         if not m or m["accuracy"] is None:
@@ -77,7 +81,7 @@ def plot(report: dict[str, Any]) -> bytes:
     ax1.set_xlabel("mean generated tokens per answer (log)")
     ax1.set_ylabel("accuracy (95% CI)")
     ax1.set_ylim(0, 1)
-    ax1.set_title("biased test inputs" if "biased" in report["subsets"] else "test inputs")
+    ax1.set_title(f"test inputs: {name}" if name in report["subsets"] else "test inputs")
     ax1.legend(loc="lower right")
     broader = report.get("broader", {})
     names = list(broader)

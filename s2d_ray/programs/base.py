@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
-from s2d_ray.answers import AnswerKind, extract_answer
+from s2d_ray.answers import AnswerSpec
+
+if TYPE_CHECKING:
+    from s2d_ray.tasks.spec import TaskSpec
 
 Messages = list[dict[str, str]]
 
@@ -68,18 +71,26 @@ def reason_then_answer(text: str, answer_format: str) -> str:
 
 
 class Program(ABC):
-    """A System 2 method. Subclasses set ``name`` and implement ``run``."""
+    """A System 2 method. Subclasses set ``name`` and implement ``run``; ``self.call`` builds
+    an engine call with the task's system prompt, ``self.extract`` reads a final answer."""
 
     name: str
     default_filter: str = "majority"
 
-    def __init__(self, answer_kind: AnswerKind = "short", answer_format: str = "") -> None:
-        self.answer_kind = answer_kind
-        self.answer_format = answer_format  # the task's instruction; "" for free-form user data
-        self.step_format = answer_format or "Give just the final answer, as briefly as possible."
+    def __init__(self, task: "TaskSpec | None" = None) -> None:
+        self.task = task
+        self.answers = task.answers if task else AnswerSpec()
+        self.answer_format = task.instruction if task else ""  # "" for free-form user data
+        self.step_format = self.answer_format or "Give just the final answer, as briefly as possible."
+        self.system_prompt = task.system_prompt if task else None
 
     def extract(self, text: str) -> str | None:
-        return extract_answer(text, self.answer_kind)
+        return self.answers.extract(text)
+
+    def call(self, text: str, n: int = 1, **kw: Any) -> Call:
+        """A call asking ``text`` as the user (after the task's system prompt, if any)."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return Call([*system, *user(text)], n=n, **kw)
 
     def system1_input(self, row: dict[str, Any]) -> str:
         """The text a System 1 model sees for this row (the distillation set's ``input``)."""

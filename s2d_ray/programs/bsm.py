@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 from s2d_ray.answers import extract_choice
-from s2d_ray.programs.base import Call, Program, ProgramRun, Sample, user
+from s2d_ray.programs.base import Program, ProgramRun, Sample
+from s2d_ray.tasks.spec import TaskSpec
 
 PAIR = "[User Question]\n{question}\n\n[Response A]\n{a}\n\n[Response B]\n{b}"
 BRANCH = (
@@ -43,8 +44,10 @@ class BSM(Program):
     default_filter = "perturbation"
     max_criteria = 3
 
-    def __init__(self, answer_kind: str = "choice", answer_format: str = "") -> None:
-        super().__init__("choice", "Answer with just A, B or tie.")
+    def __init__(self, task: TaskSpec | None = None) -> None:
+        # Its own answer format whatever the task: a verdict A, B or tie.
+        super().__init__(TaskSpec(name=task.name if task else "pairwise", answer="choice",
+                                  system_prompt=task.system_prompt if task else None))
 
     @staticmethod
     def _responses(row: dict[str, Any]) -> tuple[str, str]:
@@ -62,17 +65,17 @@ class BSM(Program):
         a, b = self._responses(row)
         views = {"original": PAIR.format(question=row["input"], a=a, b=b),
                  "swapped": PAIR.format(question=row["input"], a=b, b=a)}
-        branches = yield [Call(user(BRANCH.format(pair=p, k=self.max_criteria)), n=n) for p in views.values()]
+        branches = yield [self.call(BRANCH.format(pair=p, k=self.max_criteria), n=n) for p in views.values()]
         chains = [(view, pair, br, _criteria(br.text, self.max_criteria))
                   for (view, pair), outs in zip(views.items(), branches) for br in outs]
-        solve_calls = [Call(user(SOLVE.format(pair=pair, criterion=c))) for _, pair, _, crit in chains for c in crit]
+        solve_calls = [self.call(SOLVE.format(pair=pair, criterion=c)) for _, pair, _, crit in chains for c in crit]
         solved = iter((yield solve_calls))
         merges, per_chain = [], []
         for _, pair, _, crit in chains:
             evals = [next(solved)[0] for _ in crit]
             per_chain.append(evals)
             text = "\n".join(f"- {c}: {e.text.strip()}" for c, e in zip(crit, evals))
-            merges.append(Call(user(MERGE.format(pair=pair, evaluations=text))))
+            merges.append(self.call(MERGE.format(pair=pair, evaluations=text)))
         merged = yield merges
         samples = []
         for (view, _, br, _), evals, (m,) in zip(chains, per_chain, merged):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from s2d_ray.programs.base import Call, Program, ProgramRun, Sample, reason_then_answer, user
+from s2d_ray.programs.base import Program, ProgramRun, Sample, reason_then_answer
 
 
 class CoT(Program):
@@ -12,5 +12,5 @@ class CoT(Program):
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
         prompt = reason_then_answer(f"{row['input']}\n\nLet's think step by step.", self.step_format)
-        (outs,) = yield [Call(user(prompt), n=n)]
+        (outs,) = yield [self.call(prompt, n=n)]
         return [Sample(self.extract(o.text), [o.text], o.tokens) for o in outs]

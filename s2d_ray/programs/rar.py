@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from s2d_ray.programs.base import Call, Program, ProgramRun, Sample, reason_then_answer, user, with_format
+from s2d_ray.programs.base import Program, ProgramRun, Sample, reason_then_answer, with_format
 
 ONE_STEP = "{input}\n\nRephrase and expand the question, and respond."
 REPHRASE = (
@@ -19,7 +19,7 @@ class RaR1(Program):
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
         prompt = reason_then_answer(ONE_STEP.format(input=row["input"]), self.step_format)
-        (outs,) = yield [Call(user(prompt), n=n)]
+        (outs,) = yield [self.call(prompt, n=n)]
         return [Sample(self.extract(o.text), [o.text], o.tokens) for o in outs]
 
 
@@ -27,9 +27,9 @@ class RaR2(Program):
     name = "rar2"
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
-        (rephrasings,) = yield [Call(user(REPHRASE.format(input=row["input"])), n=n)]
+        (rephrasings,) = yield [self.call(REPHRASE.format(input=row["input"]), n=n)]
         answers = yield [
-            Call(user(with_format(ANSWER.format(input=row["input"], rephrased=r.text), self.step_format)))
+            self.call(with_format(ANSWER.format(input=row["input"], rephrased=r.text), self.step_format))
             for r in rephrasings
         ]
         return [

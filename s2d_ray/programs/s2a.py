@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from s2d_ray.programs.base import Call, Program, ProgramRun, Sample, user, with_format
+from s2d_ray.programs.base import Program, ProgramRun, Sample, with_format
 
 # Asking to "rewrite" made the small model solve unbiased questions in the rewrite ("What is
 # 68 + 27?" -> "What is 95?"); asking to copy the question out kept it intact (measured).
@@ -20,8 +20,8 @@ class S2A(Program):
     name = "s2a"
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
-        (rewrites,) = yield [Call(user(REWRITE.format(input=row["input"])), n=n)]
-        answers = yield [Call(user(with_format(r.text, self.step_format))) for r in rewrites]
+        (rewrites,) = yield [self.call(REWRITE.format(input=row["input"]), n=n)]
+        answers = yield [self.call(with_format(r.text, self.step_format)) for r in rewrites]
         return [
             Sample(self.extract(a[0].text), [r.text, a[0].text], r.tokens + a[0].tokens)
             for r, a in zip(rewrites, answers)

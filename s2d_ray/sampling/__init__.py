@@ -9,16 +9,18 @@ from typing import Any
 from s2d_ray.config import RunConfig
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir, write_derived
-from s2d_ray.programs import program_fingerprint
+from s2d_ray.programs import program_fingerprint, program_template
 from s2d_ray.runtime import init_ray
 from s2d_ray.sampling.pipeline import run_stage
 from s2d_ray.sampling.stage import StageSpec
+from s2d_ray.tasks.spec import TaskSpec
 
 
 def sample_spec(cfg: RunConfig) -> StageSpec:
     s = cfg.sample
-    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")}, "task": cfg.task_name,
-               "program": program_fingerprint(s.method)}
+    spec = cfg.task_spec
+    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
+               "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method)}
     return StageSpec(
         model=cfg.model,
         method=s.method,
@@ -27,20 +29,18 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
         top_p=s.top_p,
         max_tokens=s.max_tokens,
         engine=s.engine.model_dump(),
-        task=cfg.task_name,
+        task=spec.model_dump() if spec else None,
+        template=program_template(s.method),
         filter=s.filter.kind,
         min_agreement=s.filter.min_agreement,
         config_hash=cfg.stage_hash("sample", extra=payload, exclude=("actors",)),
     )
 
 
-def kept_accuracy(out: OutputDir, task_name: str | None) -> tuple[int, int] | None:
+def kept_accuracy(out: OutputDir, task: TaskSpec | None) -> tuple[int, int] | None:
     """(correct, total) of kept targets against ground truth, for the report only."""
-    from s2d_ray.tasks import get_task
-
-    if not task_name:
+    if task is None:
         return None
-    task = get_task(task_name)
     table = out.read_tables("samples", columns=["status", "input", "target", "answer", "meta"])
     rows = [r for r in table.to_pylist() if r["status"] == "kept" and r["answer"] is not None]
     if not rows:
@@ -71,7 +71,7 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
         "rejected": n_rejected,
         "this_run": stats.as_dict(),
     }
-    acc = kept_accuracy(out, cfg.task_name)
+    acc = kept_accuracy(out, cfg.task_spec)
     if acc:
         summary["kept_target_accuracy"] = {"correct": acc[0], "kept_with_answer": acc[1], "accuracy": round(acc[0] / acc[1], 4)}
     out.write_text(json.dumps(summary, indent=2), "samples_summary.json")
@@ -82,7 +82,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     run = summary["this_run"]
     lines = [
         f"sampling: {summary['method']} x{summary['n_samples']} on {summary['model']} (config {summary['config_hash']})",
-        f"  inputs {summary['inputs']} (valid {summary['valid_inputs']}, rejected {summary['rejected']}); "
+        f"  inputs read {summary['inputs']} (valid {summary['valid_inputs']}, rejected {summary['rejected']}); "
         f"this run processed {run['rows']}, skipped {run['skipped_done']} already done",
         f"  kept {summary['kept']} ({summary['kept_fraction']:.0%} of valid inputs); samples this run {run['samples']}",
         f"  agreement histogram: {run['agreement']}",

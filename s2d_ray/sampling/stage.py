@@ -13,12 +13,14 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from s2d_ray.answers import AnswerSpec
 from s2d_ray.config import EngineConfig
 from s2d_ray.outputs import RESULT_SCHEMA
 from s2d_ray.programs import Program, get_program
 from s2d_ray.programs.base import Call, user
 from s2d_ray.programs.runner import Generate, drive
 from s2d_ray.sampling.filters import FILTERS, Decision, majority_vote
+from s2d_ray.tasks.spec import TaskSpec
 
 
 @dataclass
@@ -32,22 +34,25 @@ class StageSpec:
     top_p: float
     max_tokens: int
     engine: dict[str, Any] = field(default_factory=dict)
-    task: str | None = None
+    task: dict[str, Any] | None = None  # a TaskSpec's fields (how answers are asked for and read)
+    template: str | None = None  # a template program's YAML text (method is its file)
     filter: str | None = "majority"  # None: evaluation (majority answer, nothing dropped)
     min_agreement: float = 0.0
     config_hash: str = ""
 
+    def task_spec(self) -> TaskSpec | None:
+        return TaskSpec(**self.task) if self.task else None
+
     def program(self) -> Program:
-        from s2d_ray.tasks import get_task
-
-        if self.task:
-            task = get_task(self.task)
-            return get_program(self.method, task.answer_kind, task.answer_format)
-        return get_program(self.method)
+        return get_program(self.method, self.task_spec(), self.template)
 
 
-def _evaluate_vote(samples: list) -> Decision:
-    answer, agreement, _ = majority_vote(samples)
+def _evaluate_vote(samples: list, answers: AnswerSpec) -> Decision:
+    """Evaluation's System 2 answer: the majority (free text: the first response)."""
+    if answers.comparable:
+        answer, agreement, _ = majority_vote(samples, answers)
+    else:
+        answer, agreement = next((s.answer for s in samples if s.answer), None), None
     return Decision(answer is not None, answer, agreement, None if answer else "no parseable answer")
 
 
@@ -104,8 +109,8 @@ def process_rows(
 def _chain(program: Program, spec: StageSpec, item: dict[str, Any]):
     samples = yield from program.run(item, spec.n_samples)
     if spec.filter is None:
-        return samples, _evaluate_vote(samples)
-    decision = yield from FILTERS[spec.filter](samples, spec.min_agreement, item["input"])
+        return samples, _evaluate_vote(samples, program.answers)
+    decision = yield from FILTERS[spec.filter](samples, spec.min_agreement, item["input"], program.answers)
     return samples, decision
 
 

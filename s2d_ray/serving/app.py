@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from s2d_ray.config import EngineConfig, check_engine_placement
+from s2d_ray.errors import S2DError
+from s2d_ray.programs import Program, get_program
+from s2d_ray.tasks import TaskSpec, task_spec
 from s2d_ray.models import is_path, resolve_model
 from s2d_ray.runtime import require_shared, thread_options
 from s2d_ray.serving.protocol import (
@@ -45,7 +48,9 @@ class ServeSettings(BaseModel):
     adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapters on the same base model: name -> dir or URI.")
     mode: Mode = Field("system1", description="Default answering mode: system1 | system2 | auto.")
     adaptive_threshold: float = Field(0.8, ge=0, le=1, description="auto: below this System 1 confidence, System 2 answers.")
-    system2_method: str = Field("s2a", description="System 2 program for system2/auto modes.")
+    system2_method: str = Field("s2a", description="System 2 program for system2/auto modes (as sample.method).")
+    task: str | TaskSpec | None = Field(
+        None, description="Task spec (or built-in task name) whose answer kind the System 2 vote reads, as in the run config.")
     system2_samples: int = Field(4, ge=1, le=32, description="Samples of the System 2 program (majority vote).")
     system2_max_tokens: int = Field(128, ge=1, description="Max tokens per System 2 program step.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine settings.")
@@ -61,7 +66,14 @@ class ServeSettings(BaseModel):
     @model_validator(mode="after")
     def _placement(self) -> "ServeSettings":
         check_engine_placement("", self.num_gpus, self.engine.tensor_parallel_size)
+        self.program()  # an unknown system2_method or task fails when the app is built, not at a request
         return self
+
+    def program(self) -> Program:
+        try:
+            return get_program(self.system2_method, task_spec(self.task))
+        except S2DError as e:
+            raise ValueError(str(e).replace("sample.method", "system2_method")) from None
 
     @property
     def served_name(self) -> str:
@@ -91,6 +103,7 @@ class S2DServer:
         # Resolved on this replica's node: built-in names, local dirs and URIs (s3://, gs://).
         adapters = {name: resolve_model(path, marker="adapter_config.json") for name, path in self.s.adapters.items()}
         self.engine = AsyncEngine(resolve_model(self.s.model_dir), self.s.engine, adapters)
+        self.program = self.s.program()
         self.created = int(time.time())
 
     # -- request plumbing -------------------------------------------------------------------
@@ -205,7 +218,7 @@ class S2DServer:
                 return chat_response(rid, req.model, g.texts, g.prompt_tokens, tokens, s2d if mode == "auto" else None)
             s2d = {"path": "system2", "confidence": round(g.confidence or 0.0, 4), "system1_answer": g.texts[0][0]}
         answer, s2_tokens, agreement = await self.engine.system2(
-            question, self.s.system2_method, self.s.system2_samples, self.s.system2_max_tokens, adapter)
+            question, self.program, self.s.system2_samples, self.s.system2_max_tokens, adapter)
         s2d.update({"path": "system2", "method": self.s.system2_method, "samples": self.s.system2_samples,
                     "agreement": round(agreement, 4)})
         return chat_response(rid, req.model, [(answer, "stop")] * req.n, len(ids), tokens + s2_tokens, s2d)
@@ -269,8 +282,6 @@ def load_settings(model_dir: str, api_key: str | None, config_path: str | None) 
     """Settings from an optional YAML file (its `args` section, as in serve/config.yaml), then flags."""
     import yaml
     from pydantic import ValidationError
-
-    from s2d_ray.errors import S2DError
 
     args: dict[str, Any] = {}
     if config_path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from s2d_ray.config import EngineConfig
-from s2d_ray.programs import get_program
+from s2d_ray.programs import Program
 from s2d_ray.programs.base import Call, Completion, ProgramRun
 from s2d_ray.sampling.engine import engine_args, prepare_cpu_env
 from s2d_ray.sampling.filters import majority_vote
@@ -114,9 +114,9 @@ class AsyncEngine:
         except StopIteration as stop:
             return stop.value
 
-    async def system2(self, question: str, method: str, samples: int, max_tokens: int, adapter: str | None) -> tuple[str, int, float]:
+    async def system2(self, question: str, program: Program, samples: int, max_tokens: int,
+                      adapter: str | None) -> tuple[str, int, float]:
         """Run a System 2 program on ``question``; (majority answer, generated tokens, agreement)."""
-        program = get_program(method)
         result = await self.run_program(program.run({"input": question, "meta": {}}, samples), 0.7, max_tokens, adapter)
-        answer, agreement, _ = majority_vote(result)
+        answer, agreement, _ = majority_vote(result, program.answers)
         return answer or "", sum(s.tokens for s in result), agreement

@@ -1,13 +1,14 @@
-"""What a built-in task is: a seeded generator with ground truth, plus extraction and scoring."""
+"""What a built-in task is: a seeded generator with ground truth, plus its task spec (how
+answers are asked for, read and scored: the same mechanism as a user's task)."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from s2d_ray.answers import AnswerKind, extract_answer, normalize
+from s2d_ray.tasks.spec import TaskSpec
 
 Split = Literal["train", "test", "all"]
 TRAIN_FRACTION = 0.6
@@ -23,21 +24,19 @@ class Task(ABC):
     """A built-in task. Rows are dicts with at least ``id``, ``input``, ``answer``."""
 
     name: str
-    answer_kind: AnswerKind = "short"
-    answer_format: str = "Give just the final answer, as briefly as possible."
+    spec: ClassVar[TaskSpec]
 
     @abstractmethod
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         """``n`` rows of ``split``, deterministic in ``seed``; train and test never share a unit."""
 
     def extract(self, text: str) -> str | None:
-        """The final answer in a model output, in this task's answer format."""
-        return extract_answer(text, self.answer_kind)
+        """The final answer in a model output, as the task spec reads it."""
+        return self.spec.extract(text)
 
     def is_correct(self, text: str, row: dict[str, Any]) -> bool:
-        """Whether model output ``text`` answers ``row`` correctly."""
-        pred = self.extract(text)
-        return pred is not None and normalize(pred) == normalize(str(row["answer"]))
+        """Whether model output ``text`` answers ``row`` correctly (the task spec's scoring)."""
+        return self.spec.is_correct(text, row)
 
 
 def pick(rng: random.Random, pool: list[Any], n: int, what: str) -> list[Any]:

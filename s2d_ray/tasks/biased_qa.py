@@ -16,8 +16,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from s2d_ray.answers import contains_phrase, normalize
 from s2d_ray.tasks.base import Split, Task, pick, split_of
+from s2d_ray.tasks.spec import TaskSpec
 
 VARIANTS: dict[str, str] = {
     "unbiased": "{question}",
@@ -84,8 +84,10 @@ def _choice(params: dict[str, Any], key: str, known: list[str]) -> list[str]:
 
 class BiasedQA(Task):
     name = "biased_qa"
-    answer_kind = "short"
-    answer_format = "Answer with just the answer (a name, word or short phrase), nothing else."
+    # Scored as "contains": the answer span is a gold answer, or the text names one (distinctive:
+    # 3+ characters, not in the question, so "I" for iodine must be the span) and not `wrong`.
+    spec = TaskSpec(name=name, answer="short", scoring="contains",
+                    format="Answer with just the answer (a name, word or short phrase), nothing else.")
 
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         """Params: ``variants`` and ``categories`` (lists; default all)."""
@@ -103,23 +105,10 @@ class BiasedQA(Task):
                     "aliases": "|".join(fact.aliases),
                     "wrong": fact.wrong,
                     "variant": variant,
+                    "biased": "no" if variant == "unbiased" else "yes",
                     "fact_id": fact.fact_id,
                     "category": fact.category,
                     "split": split_of(fact.fact_id),
                 }
             )
         return rows
-
-    def is_correct(self, text: str, row: dict[str, Any]) -> bool:
-        """Right if the answer span is a gold answer, or the text names a gold answer and not
-        the wrong one. Names count only if distinctive: 3+ characters and not in the question
-        (so "I" for iodine or "Morse" in "Who invented Morse code?" must be the answer span)."""
-        golds = [row["answer"], *[a for a in str(row.get("aliases") or "").split("|") if a]]
-        pred = self.extract(text)
-        if pred is not None and normalize(pred) in {normalize(g) for g in golds}:
-            return True
-        question = str(row.get("input") or "")
-        distinctive = [g for g in golds if len(normalize(g)) >= 3 and not contains_phrase(question, g)]
-        wrong = row.get("wrong")
-        names_gold = any(contains_phrase(text, g) for g in distinctive)
-        return names_gold and not (wrong and contains_phrase(text, str(wrong)))

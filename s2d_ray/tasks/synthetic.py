@@ -8,6 +8,7 @@ from typing import Any
 
 from s2d_ray.errors import S2DError
 from s2d_ray.tasks.base import Split, Task, pick, split_of
+from s2d_ray.tasks.spec import TaskSpec
 
 FIRST_NAMES = (
     "Elon Bill Steve Larry Sergey Mark Jeff Tim Satya Sundar Ada Grace Alan Linus Guido Barbara "
@@ -27,8 +28,7 @@ class LastLetter(Task):
     """'Take the last letters of each word in "Elon Musk Bill" and concatenate them.' -> "nkl"."""
 
     name = "last_letter"
-    answer_kind = "letters"
-    answer_format = "Answer with just the concatenated letters, nothing else."
+    spec = TaskSpec(name=name, answer="letters", format="Answer with just the concatenated letters, nothing else.")
 
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         k = int(params.get("k", 2))
@@ -61,8 +61,7 @@ class CoinFlip(Task):
     """'A coin is heads up. Ada flips the coin. ... Is the coin still heads up?' -> yes/no."""
 
     name = "coin_flip"
-    answer_kind = "yes_no"
-    answer_format = "Answer with just yes or no."
+    spec = TaskSpec(name=name, answer="yes_no")
 
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         k = int(params.get("k", 3))
