@@ -59,9 +59,10 @@ class ActorPoolConfig(_Strict):
 
 
 def check_engine_placement(where: str, num_gpus: float, tensor_parallel_size: int) -> None:
-    """An engine on GPUs holds all of its tensor-parallel GPUs in one actor/replica: vLLM fails
-    with "world size larger than available GPUs" otherwise, only after the model was placed."""
-    if (num_gpus or tensor_parallel_size > 1) and num_gpus != tensor_parallel_size:
+    """An engine sharded over several GPUs holds all of them in one actor/replica: vLLM fails
+    with "world size larger than available GPUs" otherwise, only after the model was placed.
+    With one GPU per engine a fraction is fine (small engines packed on one GPU)."""
+    if (tensor_parallel_size > 1 and num_gpus != tensor_parallel_size) or num_gpus > tensor_parallel_size:
         raise ValueError(f"{where}num_gpus ({num_gpus:g}) must equal engine.tensor_parallel_size "
                          f"({tensor_parallel_size}): each engine holds all the GPUs it shards the model over")
 

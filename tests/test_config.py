@@ -279,7 +279,7 @@ def test_cli_bad_override_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize("overrides", [
     ["sample.actors.num_gpus=1", "sample.engine.tensor_parallel_size=2"],
     ["sample.actors.num_gpus=0", "sample.engine.tensor_parallel_size=2"],
-    ["sample.actors.num_gpus=0.5"],
+    ["sample.actors.num_gpus=2"],  # two GPUs for an engine that uses one
 ])
 def test_engine_gpus_must_match_tensor_parallelism(base, overrides):
     with pytest.raises(S2DError, match=r"config: sample: actors.num_gpus \(.*\) must equal engine.tensor_parallel_size"):
@@ -289,6 +289,8 @@ def test_engine_gpus_must_match_tensor_parallelism(base, overrides):
 def test_matching_gpu_placement_loads(base):
     cfg = load_config(base, ["sample.actors.num_gpus=4", "sample.engine.tensor_parallel_size=4"])
     assert cfg.sample.actors.num_gpus == 4
+    # one GPU per engine: a fraction packs small engines on one GPU
+    assert load_config(base, ["sample.actors.num_gpus=0.5"]).sample.actors.num_gpus == 0.5
 
 
 def test_serving_gpus_must_match_tensor_parallelism():
