@@ -99,3 +99,21 @@ def test_config_locations_are_the_paths_a_stage_touches():
     cfg = load_config(None, ["model=s3://b/base", "data.train=Qwen/x"])
     assert cfg.locations("model") == [("model", "s3://b/base")]
     assert load_config(None, ["model=Qwen/Qwen2.5-7B-Instruct"]).locations("model") == []
+
+
+def test_input_rows_read_from_s3(s3_env):
+    import ray
+
+    from s2d_ray.inputs import read_inputs
+
+    bucket = s3_env.new_bucket()
+    s3_env.client().put_object(Bucket=bucket, Key="data/in.jsonl",
+                               Body=b'{"id": "a", "input": "What is 2 + 2?", "answer": "4"}\n{"input": ""}\n')
+    ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": s3_env.env})
+    try:
+        rows = sorted(read_inputs(f"s3://{bucket}/data/in.jsonl").take_all(), key=lambda r: r["source"])
+    finally:
+        ray.shutdown()
+    assert [(r["id"], r["input"], r["answer"], r["reject_reason"]) for r in rows] == [
+        ("a", "What is 2 + 2?", "4", None), (None, None, None, "field 'input' is empty")]
+    assert rows[0]["source"].endswith("data/in.jsonl:1")
