@@ -24,6 +24,7 @@ from s2d_ray.sampling.pipeline import run_stage
 from s2d_ray.sampling.stage import StageSpec
 from s2d_ray.tasks import TaskSpec, task_spec
 
+
 def _tag(batch: pa.Table, job: str) -> pa.Table:
     """Mark rows with their job; ids get the job as prefix so results of jobs never collide."""
     ids = pa.array([f"{job}/{i}" if i is not None else None for i in batch["id"].to_pylist()], pa.string())
@@ -99,9 +100,10 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     if not out.exists("model", "config.json"):
         raise S2DError(f"eval: no trained model at {out.uri('model')}; run `s2d train` first")
     init_ray(cfg.locations("output_dir", "data.test", "model"))
+    task = _dump(cfg.task_spec)  # its format and system prompt are in every eval prompt
     base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"}),
-                                              "program": program_fingerprint(cfg.sample.method)})
-    dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg)})
+                                              "program": program_fingerprint(cfg.sample.method), "task": task})
+    dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg), "task": task})
     base_specs = _specs(cfg, cfg.model, base_hash, system2=True)
     dist_specs = _specs(cfg, out.uri("model"), dist_hash, system2=False)
     stats = {}

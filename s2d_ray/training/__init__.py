@@ -67,7 +67,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         raise S2DError(f"train: the distillation set has {n} rows, fewer than train.num_workers={tc.num_workers}; "
                        "sample more inputs or lower sample.filter.min_agreement")
     ds = ds.random_shuffle(seed=tc.seed).map_batches(
-        Tokenize, fn_constructor_kwargs={"model": cfg.model, "max_length": tc.max_length},
+        Tokenize, fn_constructor_kwargs={"model": cfg.model, "max_length": tc.max_length,
+                               "system_prompt": cfg.task_spec.system_prompt if cfg.task_spec else None},
         batch_size=64, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
     ).materialize()  # tokenized once, before the workers take the CPUs
     trainer = TorchTrainer(

@@ -10,13 +10,16 @@ import numpy as np
 IGNORE = -100
 
 
-def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int) -> dict[str, list[int]]:
+def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int,
+                   system_prompt: str | None = None) -> dict[str, list[int]]:
     """Token ids and labels for one (input -> target) pair.
 
-    The prompt is rendered with ``add_generation_prompt=True`` (what vLLM sends at inference);
-    the labels cover the target and the end-of-turn token(s) the template adds after it.
+    The prompt is rendered with ``add_generation_prompt=True`` after the task's system prompt,
+    if any (what vLLM sends at inference); the labels cover the target and the end-of-turn
+    token(s) the template adds after it.
     """
-    messages = [{"role": "user", "content": prompt}]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages = [*system, {"role": "user", "content": prompt}]
     prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": target}], tokenize=False
@@ -33,17 +36,17 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int) ->
 class Tokenize:
     """Ray Data map_batches UDF: distillation rows -> input_ids/labels (a tokenizer per actor)."""
 
-    def __init__(self, model: str, max_length: int) -> None:
+    def __init__(self, model: str, max_length: int, system_prompt: str | None = None) -> None:
         from transformers import AutoTokenizer
 
         from s2d_ray.models import resolve_model
 
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))  # on this actor's node
-        self.max_length = max_length
+        self.max_length, self.system_prompt = max_length, system_prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         encoded = [
-            encode_example(self.tokenizer, str(p), str(t), self.max_length)
+            encode_example(self.tokenizer, str(p), str(t), self.max_length, self.system_prompt)
             for p, t in zip(batch["input"], batch["target"])
         ]
         return {
