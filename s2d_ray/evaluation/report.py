@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 from typing import Any
 
 from s2d_ray.outputs import OutputDir
@@ -60,12 +61,20 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _wrap_task(source: str) -> str:
+    """A task source as a short multi-line label: "biased_qa?categories=a,b" -> "biased_qa\ncategories: a, b"."""
+    name, _, query = source.partition("?")
+    parts = [f"{k}: {v.replace(',', ', ')}" for k, _, v in (p.partition("=") for p in query.split("&") if p)]
+    return "\n".join([name, *(textwrap.fill(p, 28) for p in parts)])
+
+
 def plot(report: dict[str, Any]) -> bytes:
     """PNG: accuracy vs mean generated tokens per system; broader-performance deltas."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     name = report.get("headline")
@@ -78,18 +87,21 @@ def plot(report: dict[str, Any]) -> bytes:
         ax1.errorbar(m["mean_generated_tokens"], m["accuracy"], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]],
                      fmt="o", capsize=4, label=label)
     ax1.set_xscale("log")
+    ax1.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax1.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 2, 5, 10, not 10^0
+    ax1.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax1.set_xlabel("mean generated tokens per answer (log)")
     ax1.set_ylabel("accuracy (95% CI)")
     ax1.set_ylim(0, 1)
     ax1.set_title(f"test inputs: {name}" if name in report["subsets"] else "test inputs")
-    ax1.legend(loc="lower right")
+    ax1.legend(loc="best")
     broader = report.get("broader", {})
     names = list(broader)
     if names:
         deltas = [100 * broader[n]["delta"] for n in names]
         errs = [[100 * (broader[n]["delta"] - broader[n]["delta_ci95"][0]) for n in names],
                 [100 * (broader[n]["delta_ci95"][1] - broader[n]["delta"]) for n in names]]
-        ax2.barh(names, deltas, xerr=errs, capsize=4, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
+        ax2.barh([_wrap_task(n) for n in names], deltas, xerr=errs, capsize=4, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
         ax2.axvline(0, color="black", linewidth=0.8)
     ax2.set_xlabel("distilled - base accuracy (points, 95% CI)")
     ax2.set_title("broader performance")
