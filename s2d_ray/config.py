@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from s2d_ray.errors import S2DError
+from s2d_ray.errors import S2DError, first_error
 from s2d_ray.tasks.spec import TaskSpec
 
 
@@ -185,9 +185,7 @@ class RunConfig(_Strict):
         try:
             return TaskSpec.model_validate(value)
         except ValidationError as e:  # one line naming the spec's field, not pydantic's union branches
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"{loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None
+            raise ValueError(first_error(e)) from None
 
     @model_validator(mode="after")
     def _program_and_task(self) -> "RunConfig":
@@ -255,13 +253,8 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"config: {loc + ': ' if loc else ''}{msg}{more}"
+    return f"config: {first_error(err)}{more}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -109,7 +109,7 @@ def test_input_rows_read_from_s3(s3_env):
     bucket = s3_env.new_bucket()
     s3_env.client().put_object(Bucket=bucket, Key="data/in.jsonl",
                                Body=b'{"id": "a", "input": "What is 2 + 2?", "answer": "4"}\n{"input": ""}\n')
-    ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": s3_env.env})
+    ray.init(address="local", num_cpus=1, include_dashboard=False, runtime_env={"env_vars": s3_env.env})
     try:
         rows = sorted(read_inputs(f"s3://{bucket}/data/in.jsonl").take_all(), key=lambda r: r["source"])
     finally:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from s2d_ray.errors import S2DError
+from s2d_ray.errors import S2DError, first_error
 from s2d_ray.programs.base import Program, ProgramRun, Sample, with_format
 
 
@@ -84,9 +84,7 @@ def parse_template(text: str, path: str) -> TemplateSpec:
     except yaml.YAMLError as e:
         raise S2DError(f"sample.method: {path}: invalid YAML ({getattr(e, 'problem', e)})") from None
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise S2DError(f"sample.method: {path}: {loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None
+        raise S2DError(f"sample.method: {path}: {first_error(e)}") from None
 
 
 class TemplateProgram(Program):

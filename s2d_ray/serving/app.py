@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from s2d_ray.config import EngineConfig, check_engine_placement
-from s2d_ray.errors import S2DError
+from s2d_ray.errors import S2DError, first_error
 from s2d_ray.programs import Program, get_program
 from s2d_ray.tasks import TaskSpec, task_spec
 from s2d_ray.models import is_path, resolve_model
@@ -297,8 +297,7 @@ def load_settings(model_dir: str, api_key: str | None, config_path: str | None) 
     try:
         return ServeSettings(**args)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise S2DError(f"serve config: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise S2DError(f"serve config: {first_error(e)}") from None
 
 
 def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
