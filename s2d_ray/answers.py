@@ -219,13 +219,3 @@ class AnswerSpec:
         if self.kind == "number":
             return canonical_number(answer)
         return normalize(answer) or None
-
-
-def extract_answer(text: str, kind: AnswerKind = "short") -> str | None:
-    """Extract the final answer of ``kind`` (no parameters) from raw model output."""
-    return AnswerSpec(kind).extract(text)
-
-
-def vote_key(answer: str | None) -> str | None:
-    """The key under which short answers are counted as the same vote."""
-    return AnswerSpec().vote_key(answer)

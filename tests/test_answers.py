@@ -8,13 +8,11 @@ from s2d_ray.answers import (
     AnswerSpec,
     canonical_number,
     contains_phrase,
-    extract_answer,
     extract_choice,
     extract_letters,
     extract_yes_no,
     final_answer_span,
     normalize,
-    vote_key,
 )
 
 REASONING_YES = (
@@ -49,14 +47,14 @@ REASONING_YES = (
     ],
 )
 def test_short_answers(text, expected):
-    assert extract_answer(text, "short") == expected
+    assert AnswerSpec("short").extract(text) == expected
     assert final_answer_span(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\n\t \n", None])
 def test_empty_or_none_text_gives_none_for_every_kind(text):
     for kind in ("short", "yes_no", "letters", "choice", "number", "text"):
-        assert extract_answer(text, kind) is None, kind
+        assert AnswerSpec(kind).extract(text) is None, kind
 
 
 def test_span_that_cleans_to_nothing_is_none():
@@ -66,11 +64,11 @@ def test_span_that_cleans_to_nothing_is_none():
 
 
 def test_default_kind_is_short():
-    assert extract_answer("Answer: Rome.") == "Rome"
+    assert AnswerSpec().extract("Answer: Rome.") == "Rome"
 
 
 def test_answer_isnt_is_not_cut_inside_a_word():
-    span = extract_answer("The answer isn't Sydney; it's Canberra.", "short")
+    span = AnswerSpec("short").extract("The answer isn't Sydney; it's Canberra.")
     assert span is not None
     assert not span.lower().startswith("n't")
 
@@ -98,7 +96,7 @@ def test_answer_isnt_is_not_cut_inside_a_word():
 )
 def test_yes_no(text, expected):
     assert extract_yes_no(text) == expected
-    assert extract_answer(text, "yes_no") == expected
+    assert AnswerSpec("yes_no").extract(text) == expected
 
 
 def test_yes_no_prefers_the_marked_answer_over_earlier_words():
@@ -128,7 +126,7 @@ def test_yes_no_prefers_the_marked_answer_over_earlier_words():
 )
 def test_letters(text, expected):
     assert extract_letters(text) == expected
-    assert extract_answer(text, "letters") == expected
+    assert AnswerSpec("letters").extract(text) == expected
 
 
 def test_letters_without_any_letter_is_none():
@@ -159,7 +157,7 @@ def test_letters_without_any_letter_is_none():
 )
 def test_choice(text, expected):
     assert extract_choice(text) == expected
-    assert extract_answer(text, "choice") == expected
+    assert AnswerSpec("choice").extract(text) == expected
 
 
 def test_choice_with_custom_options_keeps_their_spelling():
@@ -216,16 +214,16 @@ def test_contains_phrase_whole_words():
 
 
 def test_vote_key():
-    assert vote_key("Paris.") == vote_key("paris") == vote_key("  The PARIS!") == "paris"
-    assert vote_key("Paris") != vote_key("Lyon")
-    assert vote_key(None) is None
-    assert vote_key("") is None
-    assert vote_key("...") is None
+    assert AnswerSpec().vote_key("Paris.") == AnswerSpec().vote_key("paris") == AnswerSpec().vote_key("  The PARIS!") == "paris"
+    assert AnswerSpec().vote_key("Paris") != AnswerSpec().vote_key("Lyon")
+    assert AnswerSpec().vote_key(None) is None
+    assert AnswerSpec().vote_key("") is None
+    assert AnswerSpec().vote_key("...") is None
 
 
 @pytest.mark.parametrize("answer", ["A", "a", "an"])
 def test_vote_key_keeps_single_letter_and_article_like_answers(answer):
-    assert vote_key(answer) == answer.lower()
+    assert AnswerSpec().vote_key(answer) == answer.lower()
 
 
 # --------------------------------------------------------------------------- number
