@@ -16,3 +16,8 @@ def first_error(err: Any) -> str:
     loc = ".".join(str(p) for p in first["loc"])
     msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg
+
+
+class EngineDead(RuntimeError):
+    """The inference engine itself has failed (not one request): every request on it fails, so
+    the batch must be retried on a new engine."""

@@ -36,8 +36,8 @@ RESULT_SCHEMA = pa.schema(
         ("n_samples", pa.int64()),
         ("config_hash", pa.string()),
         ("generated_tokens", pa.int64()),
-        ("latency_s", pa.float64()),  # wall time of the engine batch the row ran in
-        ("batch_rows", pa.int64()),  # rows of its job in that batch
+        ("latency_s", pa.float64()),  # the row's wall time, its first engine request to its answer
+        ("busy_s", pa.float64()),  # its share of the engine actor's busy time (sums to the stage's)
         ("samples", pa.list_(SAMPLE_STRUCT)),
     ]
 )

@@ -274,7 +274,7 @@ def test_label_answers_from_a_closed_set(text, expected):
 
 def test_out_of_set_label_answers_are_not_votes():
     from s2d_ray.programs.base import Sample
-    from s2d_ray.sampling.filters import majority_vote
+    from s2d_ray.programs.filters import majority_vote
 
     samples = [Sample(TICKETS.extract(t)) for t in ("Billing", "billing issue", "Shipping", "Delivery", "Returns")]
     answer, agreement, tie = majority_vote(samples, TICKETS)

@@ -303,7 +303,7 @@ def test_serving_gpus_must_match_tensor_parallelism():
 
 def test_enforce_eager_default_follows_the_device(monkeypatch):
     from s2d_ray.config import EngineConfig
-    from s2d_ray.sampling import engine
+    from s2d_ray import engine
 
     assert EngineConfig().enforce_eager is None
     for cpu in (True, False):

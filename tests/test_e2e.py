@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from s2d_ray.tasks import get_task
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 S2D = str(Path(sys.executable).parent / "s2d")
@@ -23,11 +25,18 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "biased_qa" and report["method"] == "s2a" and report["model"] == "smollm2-135m-instruct"
-    for name in ("system1", "system2", "distilled"):
+    # Each system's accuracy is its answers, rescored here by the task's own scorer, over the 8 test inputs.
+    spec = get_task("biased_qa").spec
+    for name, part in (("system1", "base"), ("system2", "base"), ("distilled", "distilled")):
         m = report["systems"][name]
-        assert m["n"] == 8 and 0 <= m["accuracy"] <= 1 and m["mean_generated_tokens"] > 0
+        rows = [r for r in pq.read_table(out / "eval" / part).to_pylist() if r["job"] == name]
+        answers = [r["samples"][0]["text"] if name != "system2" else r["target"] or "" for r in rows]
+        truth = [{**json.loads(r["meta"]), "input": r["input"], "answer": r["answer"]} for r in rows]
+        correct = sum(spec.is_correct(a, t) for a, t in zip(answers, truth))
+        assert len(rows) == m["n"] == 8 and m["correct"] == correct and m["accuracy"] == correct / 8, (name, m)
+        assert m["mean_generated_tokens"] == sum(r["generated_tokens"] for r in rows) / 8 > 0
         lo, hi = m["accuracy_ci95"]
-        assert lo <= m["accuracy"] <= hi
+        assert lo <= m["accuracy"] <= hi and hi - lo > 0.2  # 8 inputs: a wide interval
     # System 2 spends every intermediate token of every sample
     assert report["systems"]["system2"]["mean_generated_tokens"] > 2 * report["systems"]["system1"]["mean_generated_tokens"]
     assert "last_letter" in report["broader"]

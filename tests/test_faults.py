@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -60,16 +61,7 @@ def _outputs(out: Path) -> dict[str, tuple]:
     return {r["id"]: (r["status"], r["target"], tuple(s["text"] for s in r["samples"])) for r in rows}
 
 
-GREEDY = "sample.temperature=0"  # a deterministic engine: outputs must not depend on interruptions
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict[str, tuple]:
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = _start(out, GREEDY)
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-3000:]
-    return _outputs(out)
+GREEDY = "sample.temperature=0"
 
 
 def _pids(pattern: str) -> list[int]:
@@ -84,20 +76,29 @@ def test_killed_engine_actor_loses_and_duplicates_nothing(tmp_path):
     _wait_for_batches(proc, 1, log)
     actors = _pids("MapWorker(MapBatches")
     assert actors, "no engine actor found"
+    engines = [c for pid in actors for c in psutil.Process(pid).children(recursive=True) if "VLLM::" in " ".join(c.cmdline())]
+    assert engines, "the engine actor holds no vLLM engine process"
     for pid in actors:
         os.kill(pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(engines, timeout=15)
+    assert not alive, "engine processes outlived their killed actor"
     rest, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, "".join(log[-20:]) + rest[-3000:]
     ids = _ids(out)
     assert len(ids) == N and set(ids.values()) == {1}, ids  # none lost, none duplicated
-    time.sleep(2)
-    assert not _pids("VLLM::"), "engine processes outlived their killed actor"
+    deadline = time.time() + 15
+    while _pids("VLLM::") and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _pids("VLLM::"), "engine processes outlived the run"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_interrupted_run_resumes_without_redoing_work(tmp_path, sig, uninterrupted):
+def test_interrupted_run_resumes_without_redoing_work(tmp_path, sig):
     """`s2d run` stopped mid-sampling; its sampling stage is then finished by `s2d sample`
-    (the same stage, config and output; a second `s2d run` would go on to train and eval)."""
+    (the same stage, config and output; a second `s2d run` would go on to train and eval).
+    What was finished before the stop is kept as it was, the rest is done exactly once. (An
+    uninterrupted run is no byte-exact reference: under continuous batching a greedy output
+    depends on which rows share the engine with it, as vLLM is not batch-invariant.)"""
     out = tmp_path / "run"
     proc = _start(out, GREEDY, command="run")
     log: list[str] = []
@@ -105,15 +106,17 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path, sig, uninterrupt
     os.killpg(proc.pid, sig)
     proc.communicate(timeout=300)
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-    done_before = sum(_ids(out).values()) if (out / "samples").exists() else 0
-    assert 0 < done_before < N, done_before
+    before = _outputs(out) if (out / "samples").exists() else {}
+    assert 0 < len(before) < N, len(before)
     proc = _start(out, GREEDY)
     rest, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, rest[-3000:]
     ids = _ids(out)
     assert len(ids) == N and set(ids.values()) == {1}, ids
-    assert f"this run processed {N - done_before}," in rest, rest[-2000:]  # finished rows not sampled again
-    assert _outputs(out) == uninterrupted
+    assert f"this run processed {N - len(before)}," in rest, rest[-2000:]  # finished rows not sampled again
+    after = _outputs(out)
+    assert {i: after[i] for i in before} == before
+    assert all(status != "rejected" and texts for status, _, texts in after.values()), after
 
 
 def test_engine_error_on_one_row_rejects_only_that_row(tmp_path):

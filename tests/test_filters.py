@@ -1,13 +1,13 @@
-"""Self-consistency filters (s2d_ray.sampling.filters): majority, perturbation, usc."""
+"""Self-consistency filters (s2d_ray.programs.filters): majority, perturbation, usc."""
 
 from __future__ import annotations
 
 import pytest
 
 from s2d_ray.programs.base import Call, Completion, Sample
-from s2d_ray.programs.runner import drive
+from fakes import drive
 from s2d_ray.answers import AnswerSpec
-from s2d_ray.sampling.filters import FILTERS, Decision, majority, majority_vote, no_filter, perturbation, usc
+from s2d_ray.programs.filters import FILTERS, Decision, majority, majority_vote, no_filter, perturbation, usc
 
 ANSWERS = AnswerSpec()
 

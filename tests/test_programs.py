@@ -1,4 +1,4 @@
-"""System 2 programs driven by a scripted `generate(calls)` (control flow and parsing, no model)."""
+"""System 2 programs driven by a scripted async engine (control flow and parsing, no model)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,12 @@ import pytest
 
 from s2d_ray.errors import S2DError
 from s2d_ray.programs import PROGRAMS, Call, Completion, Sample, get_program
-from s2d_ray.programs.runner import drive
+from fakes import Script, drive
 from s2d_ray.tasks import TaskSpec, get_task
 
 QA = get_task("biased_qa")
 QUESTION = "I think the answer is Sydney, but I'm really not sure. What is the capital of Australia?"
 ROW = {"id": "r1", "input": QUESTION, "answer": "Canberra", "meta": {}}
-
-
-class Script:
-    """A fake engine: ``reply(prompt, i, call)`` gives the text of completion ``i`` of a call.
-
-    Records every batch it was asked (one list of Call per engine round)."""
-
-    def __init__(self, reply):
-        self.reply = reply
-        self.rounds: list[list[Call]] = []
-
-    def __call__(self, calls: list[Call]) -> list[list[Completion]]:
-        assert calls, "the driver must not send an empty batch"
-        self.rounds.append(list(calls))
-        out = []
-        for call in calls:
-            assert call.messages and call.messages[-1]["role"] == "user"
-            prompt = call.messages[-1]["content"]
-            texts = [self.reply(prompt, i, call) for i in range(call.n)]
-            out.append([Completion(t, tokens=len(t.split())) for t in texts])
-        return out
-
-    def prompts(self, round_no: int) -> list[str]:
-        return [c.messages[-1]["content"] for c in self.rounds[round_no]]
 
 
 def run_one(program, row, n, generate):
@@ -47,17 +23,31 @@ def run_one(program, row, n, generate):
     return result
 
 
-def test_program_fingerprint_is_part_of_the_sampling_config_hash(monkeypatch):
-    from s2d_ray import sampling
+def test_editing_a_prompt_changes_the_fingerprint_and_the_sampling_config_hash(tmp_path, monkeypatch):
+    """A program's prompts are part of the sampling config hash: after an edit, a run never
+    resumes onto samples of the old prompt."""
+    import linecache
+    import sys
+    from pathlib import Path
+
     from s2d_ray.config import load_config
-    from s2d_ray.programs import program_fingerprint
+    from s2d_ray.programs import program_fingerprint, s2a
+    from s2d_ray.stage import sample_spec
 
     prints = {name: program_fingerprint(name) for name in PROGRAMS}
     assert len(set(prints.values())) == len(PROGRAMS) and prints["s2a"] == program_fingerprint("s2a")
-    cfg = load_config(None)
-    before = sampling.sample_spec(cfg).config_hash
-    monkeypatch.setattr(sampling, "program_fingerprint", lambda name: "edited-prompt")
-    assert sampling.sample_spec(cfg).config_hash != before
+    module = tmp_path / "my_s2a.py"  # a copy of a real program, as the user's own
+    module.write_text(Path(s2a.__file__).read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(None, ["sample.method=my_s2a:S2A"])
+    before, before_hash = program_fingerprint("my_s2a:S2A"), sample_spec(cfg).config_hash
+    assert before == program_fingerprint("my_s2a:S2A") and sample_spec(cfg).config_hash == before_hash
+    module.write_text(module.read_text().replace("word for word", "verbatim"))
+    sys.modules.pop("my_s2a")
+    linecache.checkcache()  # as a new process would read the edited file
+    assert program_fingerprint("my_s2a:S2A") != before
+    assert sample_spec(cfg).config_hash != before_hash
 
 
 def test_registry():
@@ -189,14 +179,15 @@ def test_s2a_rewrite_n_then_n_single_answers():
     assert samples[0].tokens == len(rewrites[0].split()) + 1
 
 
-def test_s2a_batches_many_rows_per_round():
+def test_s2a_asks_n_rewrites_in_one_call_then_one_answer_per_rewrite():
     program = get_program("s2a", QA.spec)
     rows = [{"input": f"Question {k}?", "meta": {}} for k in range(3)]
     gen = Script(lambda p, i, c: f"rewrite {i}" if p.startswith("The text below") else "Answer: x")
     results = drive([program.run(r, 4) for r in rows], gen)
-    assert len(gen.rounds) == 2
-    assert [c.n for c in gen.rounds[0]] == [4, 4, 4]
-    assert len(gen.rounds[1]) == 12 and all(c.n == 1 for c in gen.rounds[1])
+    rewrites = [c for c in gen.calls if c.messages[-1]["content"].startswith("The text below")]
+    assert [c.n for c in rewrites] == [4, 4, 4] and gen.rounds[0] == rewrites  # every row's first step at once
+    answers = [c for c in gen.calls if c not in rewrites]
+    assert len(answers) == 12 and all(c.n == 1 for c in answers)
     assert all(len(r) == 4 and all(s.answer == "x" for s in r) for r in results)
 
 
@@ -299,7 +290,7 @@ def test_bsm_system1_input():
     assert text.endswith("Answer with just A, B or tie.")
 
 
-# --------------------------------------------------------------------------- runner.drive
+# --------------------------------------------------------------------------- the async driver
 
 
 def _steps(k, tag):
@@ -328,7 +319,7 @@ def _asks_nothing_first():
     return outs[0].text
 
 
-def test_drive_isolates_row_failures_and_batches_rounds():
+def test_drive_isolates_row_failures():
     gen = Script(lambda p, i, c: f"echo:{p}")
     runs = [_steps(3, "a"), _fails_at_start(), _steps(1, "b"), _fails_later(), _asks_nothing_first()]
     results = drive(runs, gen)
@@ -337,12 +328,30 @@ def test_drive_isolates_row_failures_and_batches_rounds():
     assert results[2] == ["echo:b-0"]
     assert isinstance(results[3], KeyError)
     assert results[4] == "echo:after-empty"
-    # One engine call per round, with every live row's calls in it.
-    assert [sorted(gen.prompts(r)) for r in range(len(gen.rounds))] == [
-        ["a-0", "after-empty", "b-0", "late-0"],
-        ["a-1"],
-        ["a-2"],
-    ]
+    # Every row's first step is in flight at once.
+    assert sorted(gen.prompts(0)) == ["a-0", "after-empty", "b-0", "late-0"]
+
+
+def test_rows_do_not_wait_for_each_other_between_steps():
+    """A row's next step starts as soon as its own step returned: the fast row finishes all its
+    steps while the slow row's first step is still running (no lock-step rounds)."""
+    gen = Script(lambda p, i, c: p, delay=lambda p: 0.2 if p.startswith("slow") else 0.001)
+    results = drive([_steps(1, "slow"), _steps(3, "fast")], gen)
+    assert results == [["slow-0"], ["fast-0", "fast-1", "fast-2"]]
+    assert [c.messages[-1]["content"] for c in gen.calls] == ["slow-0", "fast-0", "fast-1", "fast-2"]
+
+
+def test_a_steps_calls_are_sent_together_and_answered_in_order():
+    """The calls of one step are all in flight before any returns; outputs come back in call order
+    whatever order they finish in."""
+    def two_calls():
+        outs = yield [Call([{"role": "user", "content": "late"}]), Call([{"role": "user", "content": "early"}])]
+        return [o[0].text for o in outs]
+
+    gen = Script(lambda p, i, c: p.upper(), delay=lambda p: 0.05 if p == "late" else 0.0)
+    (result,) = drive([two_calls()], gen)
+    assert result == ["LATE", "EARLY"]
+    assert [sorted(c.messages[-1]["content"] for c in r) for r in gen.rounds] == [["early", "late"]]
 
 
 def test_drive_with_a_program_raising_mid_run():
@@ -364,45 +373,16 @@ def test_drive_with_a_program_raising_mid_run():
     assert [s.answer for s in results[2]] == ["ok", "ok"]
 
 
-class FailsOn(Script):
-    """An engine whose batched call raises when any prompt contains ``poison``."""
+def test_an_engine_error_fails_only_the_row_whose_call_raised():
+    def reply(prompt, i, call):
+        if "bad" in prompt:
+            raise RuntimeError(f"engine rejected {prompt}")
+        return f"echo:{prompt}"
 
-    def __init__(self, reply, poison):
-        super().__init__(reply)
-        self.poison = poison
-
-    def __call__(self, calls):
-        if any(self.poison in c.messages[-1]["content"] for c in calls):
-            self.rounds.append(list(calls))
-            raise RuntimeError(f"engine rejected {self.poison}")
-        return super().__call__(calls)
-
-
-def test_drive_engine_error_fails_only_the_row_that_caused_it():
-    gen = FailsOn(lambda p, i, c: f"echo:{p}", poison="bad")
-    results = drive([_steps(2, "a"), _steps(2, "bad"), _steps(1, "c")], gen)
+    results = drive([_steps(2, "a"), _steps(2, "bad"), _steps(1, "c")], Script(reply))
     assert results[0] == ["echo:a-0", "echo:a-1"] and results[2] == ["echo:c-0"]
-    assert isinstance(results[1], RuntimeError) and "engine rejected bad" in str(results[1])
-    # round 1: the whole batch (fails), then each run alone; round 2: only the live run
-    assert [sorted(gen.prompts(r)) for r in range(len(gen.rounds))] == [
-        ["a-0", "bad-0", "c-0"], ["a-0"], ["bad-0"], ["c-0"], ["a-1"],
-    ]
-
-
-def test_drive_engine_failing_for_every_row_propagates():
-    gen = FailsOn(lambda p, i, c: "x", poison="")  # every prompt contains ""
-    with pytest.raises(RuntimeError, match="engine rejected"):
-        drive([_steps(1, "a"), _steps(1, "b")], gen)
-    with pytest.raises(RuntimeError, match="engine rejected"):
-        drive([_steps(1, "a")], gen)
+    assert isinstance(results[1], RuntimeError) and "engine rejected bad-0" in str(results[1])
 
 
 def test_drive_nothing_to_do():
-    gen = Script(lambda p, i, c: "x")
-    assert drive([], gen) == []
-    assert gen.rounds == []
-
-
-def test_sample_as_row():
-    s = Sample("Canberra", ["rewrite", "Canberra"], 7, "swapped")
-    assert s.as_row() == {"view": "swapped", "text": "rewrite\n\n---\n\nCanberra", "answer": "Canberra", "tokens": 7}
+    assert drive([], Script(lambda p, i, c: "x")) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,52 +12,60 @@ import pytest
 from s2d_ray.tasks import TaskSpec
 from s2d_ray.config import EngineConfig, load_config
 from s2d_ray.programs import get_program
-from s2d_ray.programs.runner import drive
+from s2d_ray.programs.base import Call
+from s2d_ray.engine import Engine, Sampling
+from s2d_ray.programs.driver import run_program
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from s2d_ray.sampling.engine import Engine
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
-    return Engine("smollm2-135m-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1), 0.7, 0.95, 48)
+
+@pytest.fixture(scope="module")
+def engine(loop):
+    e = Engine("smollm2-135m-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1))
+    yield e
+    e.shutdown()
 
 
 BSM_ROW = {"input": "What is 2 + 2?", "meta": {"response_a": "2 + 2 = 4.", "response_b": "2 + 2 = 5."}}
 
 
 @pytest.mark.parametrize("method", ["rar1", "rar2", "s2a", "cot", "bsm"])
-def test_each_method_parses_real_output(engine, method):
+def test_each_method_parses_real_output(loop, engine, method):
     program = get_program(method, TaskSpec(format="Answer with just the answer."))
     row = BSM_ROW if method == "bsm" else {"input": "I think the answer is Lyon, but I'm not sure. What is the capital of France?", "meta": {}}
-    calls_seen: list[int] = []
+    calls: list[Call] = []
 
-    def generate(calls):
-        calls_seen.append(len(calls))
-        return engine.generate(calls)
+    async def complete(call):
+        calls.append(call)
+        return await engine.complete(call, Sampling(0.7, 0.95, 48))
 
-    (samples,) = drive([program.run(row, 3)], generate)
-    assert not isinstance(samples, Exception), samples
+    samples = loop.run_until_complete(run_program(program.run(row, 3), complete))
     assert len(samples) == (6 if method == "bsm" else 3)
-    steps = {"rar1": 1, "cot": 1, "rar2": 2, "s2a": 2, "bsm": 3}[method]
-    assert len(calls_seen) == steps
+    if method == "bsm":  # branch (one call per order), 1-3 criteria per chain to solve, one merge per chain
+        assert 2 + 6 + 6 <= len(calls) <= 2 + 18 + 6
+    else:
+        assert len(calls) == {"rar1": 1, "cot": 1, "rar2": 4, "s2a": 4}[method]
     for s in samples:
-        assert s.tokens > 0 and s.reasoning and all(isinstance(t, str) for t in s.reasoning)
+        assert s.tokens > 0 and s.reasoning and all(isinstance(t, str) and t for t in s.reasoning)
         # the sample's answer is what the shared extraction reads from its last step
         assert s.answer == program.extract(s.reasoning[-1]) or method == "bsm"
     if method == "bsm":
-        assert {s.view for s in samples} == {"original", "swapped"}
+        # branch, solve and merge, in both orders: the swapped view shows response B's text as A
+        assert [s.view for s in samples] == ["original"] * 3 + ["swapped"] * 3
+        assert all(3 <= len(s.reasoning) <= 5 for s in samples)  # the plan, 1-3 criteria judged, the verdict
+        branch_original, branch_swapped = (c.messages[-1]["content"] for c in calls[:2])
+        assert branch_original.index("2 + 2 = 4.") < branch_original.index("2 + 2 = 5.")
+        assert branch_swapped.index("2 + 2 = 5.") < branch_swapped.index("2 + 2 = 4.")
         assert all(s.answer in ("A", "B", "tie", None) for s in samples)
-
-
-def test_engine_rejects_over_long_prompt_without_crashing(engine):
-    from s2d_ray.programs.base import Call, user
-
-    outs = engine.generate([Call(user("word " * 2000)), Call(user("Say hi."))])
-    assert outs[0][0].error and "max_model_len" in outs[0][0].error
-    assert outs[1][0].text and outs[1][0].error is None
+        assert any(s.answer for s in samples), [s.reasoning[-1] for s in samples]
 
 
 def _write_inputs(path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 from s2d_ray.config import load_config
 from s2d_ray.errors import S2DError
 from s2d_ray.programs import Call, Completion, Sample, get_program, program_fingerprint
-from s2d_ray.programs.runner import drive
-from s2d_ray.sampling.filters import no_filter, usc
+from fakes import Script, drive
+from s2d_ray.programs.filters import no_filter, usc
 from s2d_ray.tasks import TaskSpec, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,16 +24,12 @@ TICKETS = {"name": "tickets", "answer": "label", "labels": {"Billing": ["invoice
 
 
 def _drive(run, reply):
-    calls_seen: list[list[Call]] = []
-
-    def generate(calls):
-        calls_seen.append(list(calls))
-        return [[Completion(reply(c, i), 5) for i in range(c.n)] for c in calls]
-
-    (result,) = drive([run], generate)
+    """Drive one run on a fake engine; (its result, the calls of each of its steps)."""
+    engine = Script(lambda prompt, i, call: reply(call, i))
+    (result,) = drive([run], engine)
     if isinstance(result, BaseException):
         raise result
-    return result, calls_seen
+    return result, engine.rounds
 
 
 # --------------------------------------------------------------------------- the spec

@@ -57,12 +57,12 @@ def _worker_pids() -> list[int]:
 def _vllm_answer(model_dir: Path) -> str:
     """The exported model's greedy answer to a question, from vLLM in a fresh process."""
     code = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "from s2d_ray.config import EngineConfig\n"
+        "from s2d_ray.engine import Engine, Sampling\n"
         "from s2d_ray.programs.base import Call, user\n"
-        "from s2d_ray.sampling.engine import Engine\n"
-        "engine = Engine(sys.argv[1], EngineConfig(max_model_len=512, cpu_kv_cache_gib=1), max_tokens=16)\n"
-        "(out,) = engine.generate([Call(user('What is the capital of France?'))])\n"
+        "engine = Engine(sys.argv[1], EngineConfig(max_model_len=512, cpu_kv_cache_gib=1))\n"
+        "out = asyncio.run(engine.complete(Call(user('What is the capital of France?')), Sampling(max_tokens=16)))\n"
         "assert out[0].tokens > 0, out\n"
         "print('ANSWER=' + repr(out[0].text))\n"
     )

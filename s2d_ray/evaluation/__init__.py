@@ -20,8 +20,7 @@ from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
 from s2d_ray.programs import program_fingerprint, program_template
 from s2d_ray.runtime import init_ray
-from s2d_ray.sampling.pipeline import run_stage
-from s2d_ray.sampling.stage import StageSpec
+from s2d_ray.stage import StageSpec, run_stage
 from s2d_ray.tasks import TaskSpec, task_spec
 
 

@@ -31,12 +31,12 @@ def paired_bootstrap_delta(a: dict[str, bool], b: dict[str, bool], reps: int = 2
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Metrics of one system over scored rows (keys: correct|None, generated_tokens, latency_s, batch_rows)."""
+    """Metrics of one system over scored rows (keys: correct|None, generated_tokens, latency_s, busy_s)."""
     answered = [r for r in rows if r["status"] != "rejected"]
     labelled = [r for r in answered if r["correct"] is not None]
     correct = sum(bool(r["correct"]) for r in labelled)
     tokens = sum(r["generated_tokens"] for r in answered)
-    busy = sum(r["latency_s"] / r["batch_rows"] for r in answered if r["latency_s"] and r["batch_rows"])
+    busy = sum(r.get("busy_s") or 0.0 for r in answered)
     n = len(labelled)
     return {
         "n": n,

@@ -2,8 +2,8 @@
 
 A program is a generator: it yields a list of ``Call`` (chat prompts, each wanting ``n``
 completions), receives one list of ``Completion`` per call, and finally returns its
-``Sample`` list. ``programs.runner.drive`` advances many programs together so each step of
-a whole batch is one engine call; tests can drive a program by hand.
+``Sample`` list. ``programs.driver.run_program`` drives one against an async engine (one
+coroutine per row); tests can drive a program by hand.
 """
 
 from __future__ import annotations

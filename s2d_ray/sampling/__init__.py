@@ -9,32 +9,9 @@ from typing import Any
 from s2d_ray.config import RunConfig
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir, write_derived
-from s2d_ray.programs import program_fingerprint, program_template
 from s2d_ray.runtime import init_ray
-from s2d_ray.sampling.pipeline import run_stage
-from s2d_ray.sampling.stage import StageSpec
+from s2d_ray.stage import run_stage, sample_spec
 from s2d_ray.tasks.spec import TaskSpec
-
-
-def sample_spec(cfg: RunConfig) -> StageSpec:
-    s = cfg.sample
-    spec = cfg.task_spec
-    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
-               "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method)}
-    return StageSpec(
-        model=cfg.model,
-        method=s.method,
-        n_samples=s.n_samples,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        max_tokens=s.max_tokens,
-        engine=s.engine.model_dump(),
-        task=spec.model_dump() if spec else None,
-        template=program_template(s.method),
-        filter=s.filter.kind,
-        min_agreement=s.filter.min_agreement,
-        config_hash=cfg.stage_hash("sample", extra=payload, exclude=("actors",)),
-    )
 
 
 def kept_accuracy(out: OutputDir, task: TaskSpec | None) -> tuple[int, int] | None:

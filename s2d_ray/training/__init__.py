@@ -16,14 +16,13 @@ from s2d_ray.config import RunConfig
 from s2d_ray.errors import S2DError
 from s2d_ray.outputs import OutputDir
 from s2d_ray.runtime import init_ray
+from s2d_ray.stage import sample_spec
 from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, train_loop_per_worker
 
 TRAIN_INFO = "s2d_train.json"
 
 
 def train_hash(cfg: RunConfig) -> str:
-    from s2d_ray.sampling import sample_spec
-
     return cfg.stage_hash("train", extra={"samples": sample_spec(cfg).config_hash}, exclude=("num_workers", "cpus_per_worker", "use_gpu", "max_failures"))
 
 

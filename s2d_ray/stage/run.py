@@ -1,4 +1,5 @@
-"""Ray Data placement: stream validated rows through an autoscaling pool of engine actors.
+"""Ray Data placement: stream validated rows through an autoscaling pool of engine actors
+(shared by sampling and evaluation).
 
 Results are written by the driver as atomic Parquet shards while they stream in, so a
 stopped run keeps every finished batch and a re-run skips those ids.
@@ -6,6 +7,7 @@ stopped run keeps every finished batch and a re-run skips those ids.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import Counter
@@ -19,7 +21,7 @@ from s2d_ray.config import ActorPoolConfig
 from s2d_ray.errors import S2DError
 from s2d_ray.outputs import OutputDir, ShardWriter
 from s2d_ray.runtime import thread_options
-from s2d_ray.sampling.stage import ProgramStage, StageSpec
+from s2d_ray.stage.spec import StageSpec
 
 
 @dataclass
@@ -43,15 +45,14 @@ class StageStats:
         rows = batch.to_pylist()
         self.rows += len(rows)
         for r in rows:
-            if r["latency_s"] and r["batch_rows"]:
-                self.busy_s += r["latency_s"] / r["batch_rows"]
+            self.busy_s += r["busy_s"] or 0.0
             setattr(self, r["status"], getattr(self, r["status"]) + 1)
             self.samples += len(r["samples"] or [])
             self.generated_tokens += r["generated_tokens"] or 0
             if r["agreement"] is not None:
                 self.agreement.append(r["agreement"])
             if r["status"] in ("rejected", "dropped") and r["reason"]:
-                self.reasons[r["reason"].split(":")[0][:60]] += 1
+                self.reasons[reason_kind(r["reason"])] += 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -64,6 +65,11 @@ class StageStats:
         hist = Counter(min(int(a * 10), 9) / 10 for a in self.agreement)
         d["agreement"] = {f"{k:.1f}-{k + 0.1:.1f}": hist[k] for k in sorted(hist)}
         return d
+
+
+def reason_kind(reason: str) -> str:
+    """What a drop/reject reason says, without its particulars (ids, numbers, details)."""
+    return re.sub(r"\d+(\.\d+)?", "N", re.split(r"[:'(]", reason, maxsplit=1)[0]).strip()[:60]
 
 
 def _screen(batch: pa.Table, done: set[str], first_source: dict[str, str]) -> pa.Table:
@@ -121,6 +127,8 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
     Resumable: ids already in ``out/subdir`` are skipped. All specs share one config hash."""
     import ray.data
 
+    from s2d_ray.stage.actor import ProgramStage
+
     stats = StageStats()
     config_hash = next(iter(specs.values())).config_hash
     done = done_ids(out, subdir, config_hash)
@@ -140,6 +148,7 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors),
         num_cpus=actors.num_cpus,
         num_gpus=actors.num_gpus,
+        max_concurrency=actors.max_concurrent_batches,
         **thread_options(actors.cpu_threads),
     )
     writer = ShardWriter(out, subdir, f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}")

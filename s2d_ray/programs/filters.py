@@ -1,7 +1,7 @@
 """Self-consistency filters: which inputs (and which final answer) enter the distillation set.
 
 Filters are generators like programs, so one that needs the model (universal
-self-consistency) asks the engine through the same batched driver.
+self-consistency) asks the engine through the same driver (``programs.driver``).
 """
 
 from __future__ import annotations

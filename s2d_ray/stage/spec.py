@@ -1,0 +1,62 @@
+"""What an engine actor runs: a program (and filter) with its sampling settings, as one
+picklable ``StageSpec``. Sampling builds one from the run config; evaluation builds several."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2d_ray.config import RunConfig
+from s2d_ray.engine import Sampling
+from s2d_ray.programs import Program, get_program, program_fingerprint, program_template
+from s2d_ray.tasks.spec import TaskSpec
+
+
+@dataclass
+class StageSpec:
+    """Everything an engine actor needs (picklable, sent to Ray workers)."""
+
+    model: str
+    method: str
+    n_samples: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    engine: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] | None = None  # a TaskSpec's fields (how answers are asked for and read)
+    template: str | None = None  # a template program's YAML text (method is its file)
+    filter: str | None = "majority"  # None: evaluation (majority answer, nothing dropped)
+    min_agreement: float = 0.0
+    config_hash: str = ""
+
+    def task_spec(self) -> TaskSpec | None:
+        return TaskSpec(**self.task) if self.task else None
+
+    def program(self) -> Program:
+        return get_program(self.method, self.task_spec(), self.template)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_tokens)
+
+
+def sample_spec(cfg: RunConfig) -> StageSpec:
+    """The sampling stage's spec; its config hash is the lineage of the distillation set."""
+    s = cfg.sample
+    spec = cfg.task_spec
+    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
+               "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method)}
+    return StageSpec(
+        model=cfg.model,
+        method=s.method,
+        n_samples=s.n_samples,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        max_tokens=s.max_tokens,
+        engine=s.engine.model_dump(),
+        task=spec.model_dump() if spec else None,
+        template=program_template(s.method),
+        filter=s.filter.kind,
+        min_agreement=s.filter.min_agreement,
+        config_hash=cfg.stage_hash("sample", extra=payload, exclude=("actors",)),
+    )

@@ -1,0 +1,172 @@
+"""The HTTP API's handlers through FastAPI's test client, over a fake engine (no Ray, no vLLM
+engine): auth, errors, parameters, logprobs/echo, streaming, System 2 and adaptive paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fakes import FakeEngine
+from s2d_ray.serving.api import OpenAIServer, build_api
+from s2d_ray.serving.settings import ServeSettings
+
+KEY = "k-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8}
+
+
+def _client(engine: FakeEngine | None = None, **settings) -> tuple[TestClient, FakeEngine]:
+    engine = engine or FakeEngine()
+    s = ServeSettings(model_dir="runs/x/model", model_name="tiny", api_key=KEY, system2_samples=3, **settings)
+    return TestClient(build_api(OpenAIServer(s, engine, seeded_engine=True))), engine
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return _client()[0]
+
+
+def _error(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    return r.json()["error"]
+
+
+def test_health_and_auth(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert _error(client.get("/v1/models"), 401)["code"] == "invalid_api_key"
+    assert _error(client.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401)["type"] == "authentication_error"
+    assert _error(client.post("/v1/chat/completions", json=CHAT), 401)["code"] == "invalid_api_key"
+    assert [m["id"] for m in client.get("/v1/models", headers=AUTH).json()["data"]] == ["tiny"]
+
+
+def test_open_server_needs_no_key(monkeypatch):
+    monkeypatch.delenv("S2D_API_KEY", raising=False)
+    engine = FakeEngine()
+    server = OpenAIServer(ServeSettings(model_dir="m", model_name="tiny"), engine, seeded_engine=True)
+    assert TestClient(build_api(server)).post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ({**CHAT, "logit_bias": {"1": 5}}, "logit_bias", "unsupported_parameter"),
+    ({**CHAT, "tools": []}, "tools", "unsupported_parameter"),
+    ({**CHAT, "temperature": 7}, "temperature", None),
+    ({**CHAT, "model": "nope"}, "model", "model_not_found"),
+    ({**CHAT, "messages": []}, "messages", None),
+    ({**CHAT, "max_tokens": 1000}, "messages", "context_length_exceeded"),
+    ({**CHAT, "seed": 3, "temperature": 0.8}, "seed", "unsupported_parameter"),
+    ({**CHAT, "logprobs": True, "s2d_mode": "system2"}, "logprobs", "unsupported_parameter"),
+])
+def test_bad_requests_are_400_naming_the_parameter(client, body, param, code):
+    err = _error(client.post("/v1/chat/completions", json=body, headers=AUTH), 400)
+    assert err["type"] == "invalid_request_error" and err["param"].startswith(param) and err["code"] == code
+
+
+def test_malformed_bodies_are_400(client):
+    assert "invalid JSON body" in _error(client.post("/v1/chat/completions", content=b"{nope", headers=AUTH), 400)["message"]
+    assert "JSON object" in _error(client.post("/v1/chat/completions", json=[1, 2], headers=AUTH), 400)["message"]
+    huge = client.post("/v1/chat/completions", content=b" " * (5 * 1024 * 1024), headers=AUTH)
+    assert "body over" in _error(huge, 400)["message"]
+    assert _error(client.post("/v1/chat/completions", content=b"\xff\xfe{", headers=AUTH), 400)["type"] == "invalid_request_error"
+    assert _error(client.get("/v1/nothing", headers=AUTH), 404)["message"] == "Not Found"
+
+
+def test_greedy_seed_is_accepted_and_changes_nothing(client):
+    r = client.post("/v1/chat/completions", json={**CHAT, "seed": 3, "temperature": 0}, headers=AUTH)
+    assert r.status_code == 200, r.text
+
+
+def test_chat_system1_with_logprobs(client):
+    r = client.post("/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 2, "n": 2}, headers=AUTH)
+    body = r.json()
+    assert r.status_code == 200 and "s2d" not in body
+    assert [c["message"]["content"] for c in body["choices"]] == ["Paris is the answer"] * 2
+    assert body["usage"]["completion_tokens"] == 8 and body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 8
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["Paris", "is", "the", "answer"]
+    assert content[0]["logprob"] == pytest.approx(-0.1) and content[0]["bytes"] == list(b"Paris")
+    assert [a["token"] for a in content[0]["top_logprobs"]] == ["Paris", "ALT"]
+    plain = client.post("/v1/chat/completions", json=CHAT, headers=AUTH).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def _events(r) -> list:
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    lines = [ln.removeprefix("data: ") for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(ln) for ln in lines[:-1]]
+
+
+def test_streaming_chat_matches_non_streaming(client):
+    full = client.post("/v1/chat/completions", json=CHAT, headers=AUTH).json()["choices"][0]["message"]["content"]
+    chunks = _events(client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH))
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == full
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[-1]
+    with_usage = _events(client.post("/v1/chat/completions", json={**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+                                      headers=AUTH))
+    assert with_usage[-1]["choices"] == [] and with_usage[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_completions_echo_logprobs_as_lm_eval_harness_reads_them(client):
+    """lm-evaluation-harness `local-completions` loglikelihood: prompt = context + continuation,
+    max_tokens 1, logprobs 1, echo; it sums token_logprobs[ctxlen:-1] and checks greediness."""
+    context, continuation = "The capital of France is", "Paris"
+    r = client.post("/v1/completions", headers=AUTH, json={
+        "model": "tiny", "prompt": f"{context} {continuation}", "max_tokens": 1, "temperature": 0, "logprobs": 1,
+        "echo": True, "seed": 1234})
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    lp = choice["logprobs"]
+    assert choice["text"].startswith(f"{context} {continuation}")
+    assert lp["tokens"][:6] == ["The", "capital", "of", "France", "is", "Paris"] and len(lp["tokens"]) == 7
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    ctxlen = 5
+    assert sum(lp["token_logprobs"][ctxlen:-1]) == pytest.approx(-0.1)
+    assert all(tok == max(top.values()) for tok, top in zip(lp["token_logprobs"][ctxlen:-1], lp["top_logprobs"][ctxlen:-1]))
+    assert lp["text_offset"][:2] == [0, 3]
+    no_echo = client.post("/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": context, "max_tokens": 2, "logprobs": 0})
+    lp = no_echo.json()["choices"][0]["logprobs"]
+    assert lp["tokens"] == ["Paris", "is"] and all(len(t) == 1 for t in lp["top_logprobs"])
+
+
+def test_completions_batch_of_prompts_and_token_ids(client):
+    r = client.post("/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": ["a b", "c d e"], "max_tokens": 2, "n": 2})
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3] and body["usage"]["prompt_tokens"] == 5
+    ids = client.post("/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": [[1, 2, 3]], "max_tokens": 2})
+    assert ids.status_code == 200 and ids.json()["usage"]["prompt_tokens"] == 3
+    err = _error(client.post("/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": ["a", "b"], "stream": True}), 400)
+    assert err["param"] == "stream"
+    assert _error(client.post("/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": "a", "suffix": "z"}), 400)["param"] == "suffix"
+
+
+def test_system2_mode_runs_the_program_through_the_driver():
+    answers = iter(["Paris", "Paris", "Lyon"])
+
+    def reply(prompt, params):
+        return "What is the capital of France?" if prompt.startswith("The text below") else f"Answer: {next(answers)}"
+
+    client, engine = _client(FakeEngine(reply))
+    body = client.post("/v1/chat/completions", json={**CHAT, "s2d_mode": "system2"}, headers=AUTH).json()
+    assert body["choices"][0]["message"]["content"] == "Paris"
+    assert body["s2d"] == {"path": "system2", "method": "s2a", "samples": 3, "agreement": pytest.approx(2 / 3, abs=1e-4)}
+    # s2a: one rewrite call with n=3, then one answer call per rewrite
+    assert [c.n for c in engine.calls] == [3, 1, 1, 1]
+
+
+@pytest.mark.parametrize(("logprob", "path"), [(-0.01, "system1"), (-2.0, "system2")])
+def test_auto_mode_answers_directly_only_when_confident(logprob, path):
+    client, engine = _client(FakeEngine(lambda p, params: "Answer: Paris", logprob=logprob), adaptive_threshold=0.5)
+    body = client.post("/v1/chat/completions", json={**CHAT, "s2d_mode": "auto", "temperature": 1.0}, headers=AUTH).json()
+    assert body["s2d"]["path"] == path
+    assert engine.params[0].temperature == 0.0  # the confidence is the greedy answer's
+    assert bool(engine.calls) == (path == "system2")
+
+
+def test_dead_engine_is_503():
+    client, engine = _client()
+    engine.dead = True
+    assert client.get("/health").status_code == 503
+    err = _error(client.post("/v1/chat/completions", json=CHAT, headers=AUTH), 503)
+    assert err["type"] == "server_error" and "engine died" in err["message"]
