@@ -11,7 +11,6 @@ One run; run: python benchmarks/serving.py
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -23,7 +22,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import ROOT, write  # noqa: E402
+
 PORT = 8397
 URL = f"http://127.0.0.1:{PORT}"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer with just the answer."}]
@@ -54,11 +55,11 @@ def bare_p50(model_path: str) -> float:
     from vllm import LLM, SamplingParams
 
     from s2d_ray.config import EngineConfig
-    from s2d_ray.sampling.engine import prepare_cpu_env
+    from s2d_ray.engine import engine_args, prepare_cpu_env
 
     cfg = EngineConfig()
     prepare_cpu_env(cfg)
-    llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, enforce_eager=True, seed=0)
+    llm = LLM(**engine_args(model_path, cfg))
     params = SamplingParams(temperature=0, max_tokens=16)
     llm.chat(PROMPT, params, use_tqdm=False)
     times = []
@@ -134,5 +135,4 @@ def main() -> dict[str, float]:
 MODEL_NAME = "model"
 
 if __name__ == "__main__":
-    json.dump(main(), sys.stdout)
-    print()
+    write("serving", main())

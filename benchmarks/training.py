@@ -5,13 +5,14 @@ Target <= 1.10. Also prints tokens/s of both. One run; run: python benchmarks/tr
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import ROOT, write  # noqa: E402
+
 N_EXAMPLES = 64
 
 
@@ -87,5 +88,4 @@ def main() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    json.dump(main(), sys.stdout)
-    print()
+    write("training", main())
