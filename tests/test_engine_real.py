@@ -31,29 +31,15 @@ async def _answers(engine: Engine, concurrent: bool) -> list[str]:
     return [o[0].text for o in outs]
 
 
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def engine(loop):
-    e = Engine("smollm2-135m-instruct", CFG)
-    yield e
-    e.shutdown()
-
-
-def test_prefix_caching_gives_the_same_greedy_outputs(loop, engine):
+def test_prefix_caching_gives_the_same_greedy_outputs(loop, small_engine):
     """Why prefix caching is on for every engine (engine_args). One request at a time (so every
     batch is the same), greedy answers are identical with caching off, on, and on with the
     shared prefix already cached. Sent concurrently, they still answer their own question.
     (Concurrent greedy outputs can differ between runs, with caching on or off alike: vLLM is
     not batch-invariant; measured: a near-tie token of one long answer flipped in 2 of 4 runs.)"""
-    cached_first = loop.run_until_complete(_answers(engine, concurrent=False))
-    cached_again = loop.run_until_complete(_answers(engine, concurrent=False))  # every prompt hits the cache
-    concurrent = loop.run_until_complete(_answers(engine, concurrent=True))
+    cached_first = loop.run_until_complete(_answers(small_engine, concurrent=False))
+    cached_again = loop.run_until_complete(_answers(small_engine, concurrent=False))  # every prompt hits the cache
+    concurrent = loop.run_until_complete(_answers(small_engine, concurrent=True))
     plain = Engine("smollm2-135m-instruct", CFG, enable_prefix_caching=False)
     try:
         uncached = loop.run_until_complete(_answers(plain, concurrent=False))
@@ -68,26 +54,26 @@ def test_prefix_caching_gives_the_same_greedy_outputs(loop, engine):
                 assert word in answer, (question, answer)
 
 
-def test_over_long_prompt_is_an_error_completion_not_a_crash(loop, engine):
+def test_over_long_prompt_is_an_error_completion_not_a_crash(loop, small_engine):
     long, short = Call(user("word " * 2000)), Call(user("Say hi."))
     async def both():
-        return await asyncio.gather(engine.complete(long, GREEDY), engine.complete(short, GREEDY))
+        return await asyncio.gather(small_engine.complete(long, GREEDY), small_engine.complete(short, GREEDY))
 
     outs = loop.run_until_complete(both())
     assert outs[0][0].error and "max_model_len" in outs[0][0].error
-    assert outs[1][0].text and outs[1][0].error is None and not engine.dead
+    assert outs[1][0].text and outs[1][0].error is None and not small_engine.dead
 
 
-def test_greedy_call_with_n_repeats_one_completion_and_sampled_call_gives_n(loop, engine):
+def test_greedy_call_with_n_repeats_one_completion_and_sampled_call_gives_n(loop, small_engine):
     call = Call(user("Name a fruit."), n=3)
-    greedy = loop.run_until_complete(engine.complete(call, GREEDY))
-    sampled = loop.run_until_complete(engine.complete(call, Sampling(temperature=1.0, top_p=1.0, max_tokens=16)))
+    greedy = loop.run_until_complete(small_engine.complete(call, GREEDY))
+    sampled = loop.run_until_complete(small_engine.complete(call, Sampling(temperature=1.0, top_p=1.0, max_tokens=16)))
     assert len(greedy) == 3 and len({c.text for c in greedy}) == 1
     assert len(sampled) == 3 and all(c.tokens > 0 for c in sampled)
 
 
-def test_injected_fault_fails_the_call(loop, engine, monkeypatch):
+def test_injected_fault_fails_the_call(loop, small_engine, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "POISON")
     with pytest.raises(RuntimeError, match="injected engine fault"):
-        loop.run_until_complete(engine.complete(Call(user("POISON")), GREEDY))
-    assert loop.run_until_complete(engine.complete(Call(user("Say hi.")), GREEDY))[0].text
+        loop.run_until_complete(small_engine.complete(Call(user("POISON")), GREEDY))
+    assert loop.run_until_complete(small_engine.complete(Call(user("Say hi.")), GREEDY))[0].text

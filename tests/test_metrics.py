@@ -98,21 +98,18 @@ def test_summarize():
     assert s["accuracy_ci95"] == list(wilson(1, 2))
     assert s["rejected"] == 1
     assert s["mean_generated_tokens"] == pytest.approx(20.0)  # over the 3 answered rows
-    assert s["mean_latency_s"] == pytest.approx(2.0)
-    assert s["tokens_per_s"] == pytest.approx(60 / 4.0)
+    assert "tokens_per_s" not in s and "mean_latency_s" not in s  # rows of several systems share the engine
 
 
 def test_summarize_rejected_rows_do_not_count():
     rows = [_row(correct=True, tokens=8, busy=2.0), _row(status="rejected", correct=False, tokens=100, latency=50.0, busy=10.0)]
     s = summarize(rows)
     assert (s["n"], s["correct"], s["rejected"]) == (1, 1, 1)
-    assert s["tokens_per_s"] == pytest.approx(4.0)
-    assert s["mean_latency_s"] == pytest.approx(1.0)
+    assert s["mean_generated_tokens"] == pytest.approx(8.0)
 
 
 def test_summarize_nothing_labelled_or_answered():
     s = summarize([_row(correct=None, busy=0.0)])
     assert s["n"] == 0 and s["accuracy"] is None and s["accuracy_ci95"] is None
-    assert s["tokens_per_s"] is None  # no busy time to divide by
     empty = summarize([_row(status="rejected", correct=None)])
-    assert empty["mean_generated_tokens"] is None and empty["mean_latency_s"] is None and empty["rejected"] == 1
+    assert empty["mean_generated_tokens"] is None and empty["rejected"] == 1

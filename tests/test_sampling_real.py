@@ -10,42 +10,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from s2d_ray.tasks import TaskSpec
-from s2d_ray.config import EngineConfig, load_config
+from s2d_ray.config import load_config
 from s2d_ray.programs import get_program
 from s2d_ray.programs.base import Call
-from s2d_ray.engine import Engine, Sampling
+from s2d_ray.engine import Sampling
 from s2d_ray.programs.driver import run_program
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def engine(loop):
-    e = Engine("smollm2-135m-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1))
-    yield e
-    e.shutdown()
-
-
 BSM_ROW = {"input": "What is 2 + 2?", "meta": {"response_a": "2 + 2 = 4.", "response_b": "2 + 2 = 5."}}
 
 
 @pytest.mark.parametrize("method", ["rar1", "rar2", "s2a", "cot", "bsm"])
-def test_each_method_parses_real_output(loop, engine, method):
+def test_each_method_parses_real_output(loop, small_engine, method):
     program = get_program(method, TaskSpec(format="Answer with just the answer."))
     row = BSM_ROW if method == "bsm" else {"input": "I think the answer is Lyon, but I'm not sure. What is the capital of France?", "meta": {}}
     calls: list[Call] = []
 
     async def complete(call):
         calls.append(call)
-        return await engine.complete(call, Sampling(0.7, 0.95, 48))
+        return await small_engine.complete(call, Sampling(0.7, 0.95, 48))
 
     samples = loop.run_until_complete(run_program(program.run(row, 3), complete))
     assert len(samples) == (6 if method == "bsm" else 3)
@@ -82,7 +68,7 @@ def _write_inputs(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_pipeline_bad_rows_filters_and_resume(tmp_path, engine):
+def test_pipeline_bad_rows_filters_and_resume(tmp_path):
     from s2d_ray.sampling import sample
 
     src = tmp_path / "inputs.jsonl"

@@ -31,12 +31,15 @@ def paired_bootstrap_delta(a: dict[str, bool], b: dict[str, bool], reps: int = 2
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Metrics of one system over scored rows (keys: correct|None, generated_tokens, latency_s, busy_s)."""
+    """Metrics of one system over scored rows (keys: status, correct|None, generated_tokens).
+
+    Cost is generated tokens, the paper's measure. Time per system is not reported: its rows
+    share the engine's running batch with other systems' rows, so their latency and tokens/s
+    measure the mix (each stage's engine throughput is in the report's ``stages``)."""
     answered = [r for r in rows if r["status"] != "rejected"]
     labelled = [r for r in answered if r["correct"] is not None]
     correct = sum(bool(r["correct"]) for r in labelled)
     tokens = sum(r["generated_tokens"] for r in answered)
-    busy = sum(r.get("busy_s") or 0.0 for r in answered)
     n = len(labelled)
     return {
         "n": n,
@@ -44,7 +47,5 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "accuracy": correct / n if n else None,
         "accuracy_ci95": list(wilson(correct, n)) if n else None,
         "mean_generated_tokens": tokens / len(answered) if answered else None,
-        "mean_latency_s": sum(r["latency_s"] or 0.0 for r in answered) / len(answered) if answered else None,
-        "tokens_per_s": tokens / busy if busy else None,
         "rejected": len(rows) - len(answered),
     }

@@ -25,13 +25,12 @@ def _num(x: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def systems_table(systems: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| system | accuracy | 95% CI | n | mean generated tokens | mean latency (s) | tokens/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| system | accuracy | 95% CI | n | mean generated tokens |", "|---|---|---|---|---|"]
     for key, label in LABELS.items():
         m = systems.get(key)
         if m:
             lines.append(f"| {label} | {_pct(m['accuracy'])} | {_ci(m['accuracy_ci95'])} | {m['n']} | "
-                         f"{_num(m['mean_generated_tokens'])} | {_num(m['mean_latency_s'], '{:.2f}')} | {_num(m['tokens_per_s'], '{:.0f}')} |")
+                         f"{_num(m['mean_generated_tokens'])} |")
     return lines
 
 
@@ -58,6 +57,10 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"| {task} | {_pct(b['base'])} | {_pct(b['distilled'])} | {100 * b['delta']:+.1f} pts | "
                          f"[{100 * b['delta_ci95'][0]:+.1f}, {100 * b['delta_ci95'][1]:+.1f}] | {b['n']} |")
         lines.append("")
+    if stages := report.get("stages"):
+        lines += ["Engine throughput while busy: " + ", ".join(
+            f"{name} {st['tokens_per_s']:.0f} tokens/s ({st['generated_tokens']} tokens, {st['busy_s']:.0f} s)"
+            for name, st in stages.items() if st.get("busy_s")), ""]
     return "\n".join(lines)
 
 

@@ -35,6 +35,11 @@ class ProgramStage:
         self.max_model_len = cfg.max_model_len
         self.clock = BusyClock()
 
+    def __del__(self) -> None:
+        """Ray Data calls this when it retires the actor: stop the engine's processes cleanly."""
+        if hasattr(self, "engine"):
+            self.engine.shutdown()
+
     def _prompt_tokens(self, text: str) -> int:
         return len(self.engine.chat_ids(Call(user(text)).messages))
 

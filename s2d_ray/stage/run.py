@@ -68,8 +68,8 @@ class StageStats:
 
 
 def reason_kind(reason: str) -> str:
-    """What a drop/reject reason says, without its particulars (ids, numbers, details)."""
-    return re.sub(r"\d+(\.\d+)?", "N", re.split(r"[:'(]", reason, maxsplit=1)[0]).strip()[:60]
+    """What a drop/reject reason says, without its particulars (an id, a source, details)."""
+    return re.split(r"[:'(]", reason, maxsplit=1)[0].strip()[:60]
 
 
 def _screen(batch: pa.Table, done: set[str], first_source: dict[str, str]) -> pa.Table:
@@ -145,10 +145,10 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
         fn_constructor_kwargs={"specs": {name: asdict(s) for name, s in specs.items()}},
         batch_size=actors.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors,
+                                           max_concurrent_calls_per_actor=actors.max_concurrent_batches),
         num_cpus=actors.num_cpus,
         num_gpus=actors.num_gpus,
-        max_concurrency=actors.max_concurrent_batches,
         **thread_options(actors.cpu_threads),
     )
     writer = ShardWriter(out, subdir, f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}")
