@@ -87,6 +87,7 @@ def bare(methods: list[str]) -> dict[str, tuple[int, float]]:
         program = get_program(method, task.spec)
         lockstep(llm, [program.run(r, N_SAMPLES) for r in rows[:2]])  # warm-up
         result[method] = lockstep(llm, [program.run(r, N_SAMPLES) for r in rows])
+    llm.llm_engine.engine_core.shutdown()  # else its engine process keeps this one from exiting
     return result
 
 
