@@ -69,6 +69,17 @@ def _pids(pattern: str) -> list[int]:
     return [int(line.split()[0]) for line in ps.splitlines() if pattern in line]
 
 
+def _engines_of(pids: list[int]) -> list[psutil.Process]:
+    """The vLLM engine processes below ``pids`` (processes gone meanwhile are skipped)."""
+    engines = []
+    for pid in pids:
+        try:
+            engines += [c for c in psutil.Process(pid).children(recursive=True) if c.name().startswith("VLLM::")]
+        except psutil.Error:
+            pass
+    return engines
+
+
 def test_killed_engine_actor_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "run"
     others = set(_pids("VLLM::"))  # engines of other tests in this process, not this run's
@@ -77,7 +88,7 @@ def test_killed_engine_actor_loses_and_duplicates_nothing(tmp_path):
     _wait_for_batches(proc, 1, log)
     actors = _pids("MapWorker(MapBatches")
     assert actors, "no engine actor found"
-    engines = [c for pid in actors for c in psutil.Process(pid).children(recursive=True) if "VLLM::" in " ".join(c.cmdline())]
+    engines = _engines_of(actors)
     assert engines, "the engine actor holds no vLLM engine process"
     for pid in actors:
         os.kill(pid, signal.SIGKILL)
