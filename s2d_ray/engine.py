@@ -217,9 +217,12 @@ class Engine:
             async def stop() -> None:
                 self.llm.shutdown()
 
-            asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=60)
-        else:
-            self.llm.shutdown()
+            try:
+                asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=5)
+                return
+            except TimeoutError:  # the loop is no longer serving (its owner is tearing down)
+                pass
+        self.llm.shutdown()
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
