@@ -17,7 +17,7 @@ from s2d_ray.config import EngineConfig
 from s2d_ray.engine import Engine
 from s2d_ray.errors import EngineDead
 from s2d_ray.outputs import RESULT_SCHEMA
-from s2d_ray.programs.base import Call, user
+from s2d_ray.programs.base import user
 from s2d_ray.stage.rows import BusyClock, process_rows
 from s2d_ray.stage.spec import StageSpec
 
@@ -41,7 +41,7 @@ class ProgramStage:
             self.engine.shutdown()
 
     def _prompt_tokens(self, text: str) -> int:
-        return len(self.engine.chat_ids(Call(user(text)).messages))
+        return len(self.engine.chat_ids(user(text)))
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
