@@ -7,10 +7,12 @@ from typing import Any
 from s2d_ray.errors import S2DError
 from s2d_ray.tasks.base import Task
 from s2d_ray.tasks.biased_qa import BiasedQA
+from s2d_ray.tasks.pairwise import Pairwise
 from s2d_ray.tasks.spec import TaskSpec
 from s2d_ray.tasks.synthetic import CoinFlip, LastLetter
+from s2d_ray.tasks.word_problems import WordProblems
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (BiasedQA, LastLetter, CoinFlip)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (BiasedQA, LastLetter, CoinFlip, WordProblems, Pairwise)}
 
 
 def parse_task_source(source: str) -> tuple[str, dict[str, Any]]:
@@ -23,7 +25,7 @@ def parse_task_source(source: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = part.partition("=")
         if not sep or not key:
             raise S2DError(f"task source {source!r}: parameter {part!r} is not key=value")
-        params[key] = value.split(",") if "," in value or key in ("variants", "categories") else value
+        params[key] = value.split(",") if "," in value or key in ("variants", "categories", "templates") else value
     return name, params
 
 
