@@ -2,7 +2,8 @@
 
 import pytest
 
-from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize, wilson
+from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize, swap_inconsistency, wilson
+from s2d_ray.evaluation.report import systems_table
 
 
 @pytest.mark.parametrize(
@@ -113,3 +114,32 @@ def test_summarize_nothing_labelled_or_answered():
     assert s["n"] == 0 and s["accuracy"] is None and s["accuracy_ci95"] is None
     empty = summarize([_row(status="rejected", correct=None)])
     assert empty["mean_generated_tokens"] is None and empty["rejected"] == 1
+
+
+def _judged(pair: str, order: str, verdict: str | None, status: str = "answered") -> dict:
+    return {"status": status, "verdict": verdict, "meta_d": {"pair_id": pair, "order": order}}
+
+
+def test_swap_inconsistency_counts_pairs_whose_verdicts_do_not_name_the_same_response():
+    rows = [
+        _judged("p1", "ab", "A"), _judged("p1", "ba", "B"),      # the same response both times: consistent
+        _judged("p2", "ab", "A"), _judged("p2", "ba", "A"),      # always the first slot: inconsistent
+        _judged("p3", "ab", "tie"), _judged("p3", "ba", "tie"),  # a tie both ways: consistent
+        _judged("p4", "ab", None), _judged("p4", "ba", "B"),     # no verdict: inconsistent
+        _judged("p5", "ab", "B"),                                # one order only: not a pair
+        _judged("p6", "ab", "A"), _judged("p6", "ba", "B", status="rejected"),
+        {"status": "answered", "verdict": "A", "meta_d": {}},    # not a pairwise row
+    ]
+    got = swap_inconsistency(rows)
+    assert got == {"pairs": 4, "inconsistent": 2, "fraction": 0.5, "ci95": list(wilson(2, 4))}
+    assert swap_inconsistency([{"status": "answered", "verdict": "A", "meta_d": {}}]) is None
+
+
+def test_systems_table_shows_swap_inconsistency_only_for_pairwise_reports():
+    base = {"accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "n": 8, "mean_generated_tokens": 3.0}
+    plain = systems_table({"system1": base})
+    assert "swap" not in plain[0]
+    table = systems_table({"system1": {**base, "swap_inconsistent": {"pairs": 4, "fraction": 0.25}},
+                           "system2": base})
+    assert table[0].endswith("inconsistent under swap |")
+    assert table[2].endswith("| 25.0% of 4 pairs |") and table[3].endswith("| - |")

@@ -128,7 +128,9 @@ def test_rar2_rephrase_then_answer_each():
         if "rephrase and expand it" in prompt:
             return f"Which city is the capital of Australia? (version {i})"
         m = re.search(r"\(version (\d)\)", prompt)
-        return ["Canberra", "Answer: Canberra.", "Sydney"][int(m.group(1))]
+        return ["Sydney is the largest city, but the capital is Canberra.\nAnswer: Canberra",
+                "The rephrased question asks for the seat of government.\nAnswer: Canberra.",
+                "Many people think so.\nAnswer: Sydney"][int(m.group(1))]
 
     gen = Script(reply)
     samples = run_one(program, ROW, 3, gen)
@@ -141,10 +143,12 @@ def test_rar2_rephrase_then_answer_each():
         prompt = c.messages[0]["content"]
         assert f"(original) {QUESTION}" in prompt
         assert f"(rephrased) Which city is the capital of Australia? (version {i})" in prompt
-        assert prompt.endswith(QA.spec.instruction)
+        # Deng et al.'s respond step reasons freely; the answer is asked for on the last line.
+        assert "Use your answer for the rephrased question to answer the original question." in prompt
+        assert "'Answer: <answer>'" in prompt and prompt.endswith(QA.spec.instruction)
     assert [s.answer for s in samples] == ["Canberra", "Canberra", "Sydney"]
-    assert samples[2].reasoning == ["Which city is the capital of Australia? (version 2)", "Sydney"]
-    assert samples[2].tokens == len("Which city is the capital of Australia? (version 2)".split()) + 1
+    assert samples[2].reasoning == ["Which city is the capital of Australia? (version 2)", "Many people think so.\nAnswer: Sydney"]
+    assert samples[2].tokens == len("Which city is the capital of Australia? (version 2)".split()) + 6
 
 
 # --------------------------------------------------------------------------- s2a
@@ -224,24 +228,28 @@ def test_bsm_runs_both_views_and_maps_swapped_verdicts_back():
     n = 3
     samples = run_one(program, BSM_ROW, n, gen)
 
-    assert [len(r) for r in gen.rounds] == [2, 2 * n * 2, 2 * n]
-    branch_original, branch_swapped = gen.rounds[0]
-    assert branch_original.n == n and branch_swapped.n == n
-    assert _good_is_in_slot_a(branch_original.messages[0]["content"])
-    assert f"[Response A]\n{RESP_BAD}" in branch_swapped.messages[0]["content"]
-    assert f"[Response B]\n{RESP_GOOD}" in branch_swapped.messages[0]["content"]
+    assert [len(r) for r in gen.rounds] == [1, n * 2 * 2, n * 2]
+    (branch,) = gen.rounds[0]
+    # Saha et al.: the plan comes from the question alone, never from the responses.
+    assert branch.n == n and BSM_ROW["input"] in branch.messages[0]["content"]
+    assert RESP_GOOD not in branch.messages[0]["content"] and RESP_BAD not in branch.messages[0]["content"]
     solve = gen.prompts(1)
-    assert sum("criterion: correctness" in p for p in solve) == 2 * n
-    assert sum("criterion: helpfulness" in p for p in solve) == 2 * n
+    # Every plan's criteria are solved in both orders: the same criteria for each view.
+    for criterion in ("correctness", "helpfulness"):
+        asked = [p for p in solve if f"criterion: {criterion}" in p]
+        assert len(asked) == 2 * n
+        assert sum(_good_is_in_slot_a(p) for p in asked) == n
+        assert sum(f"[Response A]\n{RESP_BAD}" in p and f"[Response B]\n{RESP_GOOD}" in p for p in asked) == n
     for merge in gen.prompts(2):
         assert "- correctness: A: 9, B: 2" in merge and "- helpfulness: A: 9, B: 2" in merge
 
-    assert [s.view for s in samples] == ["original"] * n + ["swapped"] * n
+    assert [s.view for s in samples] == ["original", "swapped"] * n
     assert [s.answer for s in samples] == ["A"] * (2 * n)
     s = samples[-1]
     assert len(s.reasoning) == 1 + 2 + 1  # branch, two solves, merge
     assert s.reasoning[-1] == "Response B is better."
-    assert s.tokens == len("1. correctness\n2. helpfulness".split()) + 2 * 4 + 4
+    plan = len("1. correctness\n2. helpfulness".split())
+    assert s.tokens == 2 * 4 + 4 and samples[-2].tokens == plan + 2 * 4 + 1  # the plan counted once
 
 
 def test_bsm_position_biased_judge_gives_inconsistent_verdicts():
@@ -254,7 +262,7 @@ def test_bsm_tie_and_unparseable_verdicts():
     verdicts = iter(["tie", "I cannot decide.", "Verdict: tie", "hmm"])
     gen = Script(_bsm_reply(lambda p: next(verdicts)))
     samples = run_one(get_program("bsm"), BSM_ROW, 2, gen)
-    assert [s.answer for s in samples] == ["tie", None, "tie", None]
+    assert [s.answer for s in samples] == ["tie", None, "tie", None]  # plan 0 (both views), plan 1
 
 
 def test_bsm_criteria_parsing_caps_and_falls_back():
@@ -268,8 +276,8 @@ def test_bsm_criteria_parsing_caps_and_falls_back():
     gen = Script(reply)
     run_one(get_program("bsm"), BSM_ROW, 2, gen)
     crit = [re.search(r"criterion: (.*)\n", p).group(1) for p in gen.prompts(1)]
-    # Per view: chain 0 has 3 (capped) list items, chain 1 has its whole text as one criterion.
-    assert crit == ["accuracy", "clarity", "depth", "Just check accuracy."] * 2
+    # Plan 0 has 3 (capped) list items, plan 1 its whole text as one criterion; each in both views.
+    assert crit == ["accuracy", "clarity", "depth"] * 2 + ["Just check accuracy."] * 2
 
 
 def test_bsm_needs_both_responses():
@@ -281,6 +289,23 @@ def test_bsm_needs_both_responses():
     (result,) = drive([program.run(bad, 2)], gen)
     assert isinstance(result, ValueError)
     assert gen.rounds == []
+
+
+def test_system1_program_answers_the_distilled_programs_prompt():
+    """Evaluation's System 1 / distilled jobs: the prompt the distillation set trained on (BSM:
+    the judging prompt with both responses), not the bare input."""
+    from s2d_ray.programs import system1_program
+    from s2d_ray.tasks import get_task
+
+    spec = get_task("pairwise").spec
+    program = system1_program("bsm", spec)
+    gen = Script(lambda p, i, c: "Response B is better.\nAnswer: B")
+    (sample,) = run_one(program, BSM_ROW, 1, gen)
+    (prompt,) = gen.prompts(0)
+    assert prompt == get_program("bsm", spec).system1_input(BSM_ROW) == program.system1_input(BSM_ROW)
+    assert RESP_GOOD in prompt and RESP_BAD in prompt
+    assert sample.answer == "B"
+    assert get_program("direct", spec).system1_input(BSM_ROW).startswith(BSM_ROW["input"])
 
 
 def test_bsm_system1_input():

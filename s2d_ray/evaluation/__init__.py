@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from s2d_ray.config import RunConfig
 from s2d_ray.errors import S2DError
-from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize
+from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize, swap_inconsistency
 from s2d_ray.evaluation.report import format_report, write_report
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
@@ -40,7 +40,9 @@ def _specs(cfg: RunConfig, model: str, config_hash: str, system2: bool) -> dict[
     task = _dump(cfg.task_spec)
     direct = dict(model=model, method="direct", n_samples=1, temperature=0.0, top_p=1.0, max_tokens=e.max_tokens,
                   engine=s.engine.model_dump(), filter=None, config_hash=config_hash)
-    specs = {("system1" if system2 else "distilled"): StageSpec(**direct, task=task)}
+    # System 1 and the distilled model answer the prompts the distillation set trained on.
+    specs = {("system1" if system2 else "distilled"): StageSpec(**direct, task=task, system1_of=s.method,
+                                                               template=program_template(s.method))}
     if system2:
         specs["system2"] = StageSpec(
             model=model, method=s.method, n_samples=e.system2_samples or s.n_samples, temperature=s.temperature,
@@ -66,12 +68,14 @@ def _score(rows: list[dict[str, Any]], specs: dict[str, StageSpec]) -> list[dict
     tasks = {job: spec.task_spec() for job, spec in specs.items()}
     for r in rows:
         spec, task = specs[r["job"]], tasks[r["job"]]
-        r["correct"] = None
+        r["correct"], r["verdict"] = None, None
         r["meta_d"] = json.loads(r["meta"] or "{}")
-        if r["status"] == "rejected" or r["answer"] is None or task is None:
+        if r["status"] == "rejected":
             continue
         text = r["samples"][0]["text"] if spec.method == "direct" else (r["target"] or "")
-        r["correct"] = task.is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
+        r["verdict"] = (task.extract(text) if task else None) if spec.method == "direct" else r["target"]
+        if r["answer"] is not None and task is not None:
+            r["correct"] = task.is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
     return rows
 
 
@@ -101,8 +105,10 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     init_ray(cfg.locations("output_dir", "data.test", "model"))
     task = _dump(cfg.task_spec)  # its format and system prompt are in every eval prompt
     base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"}),
-                                              "program": program_fingerprint(cfg.sample.method), "task": task})
-    dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg), "task": task})
+                                              "program": program_fingerprint(cfg.sample.method), "task": task,
+                                              "system1": program_fingerprint("direct")})
+    dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg), "task": task,
+                                              "system1": program_fingerprint("direct")})
     base_specs = _specs(cfg, cfg.model, base_hash, system2=True)
     dist_specs = _specs(cfg, out.uri("model"), dist_hash, system2=False)
     stats = {}
@@ -113,6 +119,9 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
 
     jobs = {"system1": _by_job(base, "system1"), "system2": _by_job(base, "system2"), "distilled": _by_job(dist, "distilled")}
     systems = {name: summarize(rows) for name, rows in jobs.items()}
+    for name, rows in jobs.items():  # pairwise judging: verdicts of both orders of a pair
+        if (swap := swap_inconsistency(rows)) is not None:
+            systems[name]["swap_inconsistent"] = swap
     subsets: dict[str, Any] = {}
     for column in cfg.eval.group_by:  # e.g. variant: one subset per value, each with its delta
         for value in sorted({str(r["meta_d"][column]) for r in jobs["system1"] if r["meta_d"].get(column) is not None}):

@@ -49,3 +49,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_generated_tokens": tokens / len(answered) if answered else None,
         "rejected": len(rows) - len(answered),
     }
+
+
+_SWAPPED = {"A": "B", "B": "A", "tie": "tie"}
+
+
+def swap_inconsistency(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Position consistency of a pairwise judge, the paper's "% inconsistent under swap": rows
+    carrying ``pair_id`` and ``order`` (ab|ba) in ``meta_d`` and their ``verdict``. A pair judged
+    in both orders is inconsistent when the two verdicts do not name the same response (a tie in
+    both orders is consistent; a missing verdict is not). None if no pair has both orders."""
+    pairs: dict[str, dict[str, str | None]] = {}
+    for r in rows:
+        meta = r.get("meta_d") or {}
+        if r["status"] != "rejected" and meta.get("pair_id") is not None and meta.get("order") in ("ab", "ba"):
+            pairs.setdefault(str(meta["pair_id"]), {})[meta["order"]] = r.get("verdict")
+    both = [p for p in pairs.values() if len(p) == 2]
+    if not both:
+        return None
+    bad = sum(p["ab"] is None or _SWAPPED.get(p["ba"] or "") != p["ab"] for p in both)
+    return {"pairs": len(both), "inconsistent": bad, "fraction": bad / len(both), "ci95": list(wilson(bad, len(both)))}

@@ -25,12 +25,18 @@ def _num(x: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def systems_table(systems: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| system | accuracy | 95% CI | n | mean generated tokens |", "|---|---|---|---|---|"]
+    swap = any(isinstance(m, dict) and m.get("swap_inconsistent") for m in systems.values())
+    lines = ["| system | accuracy | 95% CI | n | mean generated tokens |" + (" inconsistent under swap |" if swap else ""),
+             "|---|---|---|---|---|" + ("---|" if swap else "")]
     for key, label in LABELS.items():
         m = systems.get(key)
         if m:
-            lines.append(f"| {label} | {_pct(m['accuracy'])} | {_ci(m['accuracy_ci95'])} | {m['n']} | "
-                         f"{_num(m['mean_generated_tokens'])} |")
+            row = (f"| {label} | {_pct(m['accuracy'])} | {_ci(m['accuracy_ci95'])} | {m['n']} | "
+                   f"{_num(m['mean_generated_tokens'])} |")
+            if swap:
+                sw = m.get("swap_inconsistent")
+                row += f" {_pct(sw['fraction'])} of {sw['pairs']} pairs |" if sw else " - |"
+            lines.append(row)
     return lines
 
 

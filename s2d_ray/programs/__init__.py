@@ -72,6 +72,12 @@ def get_program(method: str, task: TaskSpec | None = None, template: str | None 
     return program
 
 
+def system1_program(method: str, task: TaskSpec | None = None, template: str | None = None) -> Program:
+    """System 1 on the prompts the distillation set of ``method`` trained on (its
+    ``system1_input``): how System 1 and the distilled model are evaluated."""
+    return Direct(task, source=get_program(method, task, template))
+
+
 def program_fingerprint(method: str) -> str:
     """A hash of a program's prompts and control flow (its source, or template file, and the
     shared base), so a changed prompt changes the config hash and never resumes onto samples
@@ -84,4 +90,5 @@ def program_fingerprint(method: str) -> str:
     return hashlib.sha256("".join((method, *own, base)).encode()).hexdigest()[:12]
 
 
-__all__ = ["PROGRAMS", "Call", "Completion", "Program", "Sample", "get_program", "program_fingerprint", "program_template"]
+__all__ = ["PROGRAMS", "Call", "Completion", "Program", "Sample", "get_program", "program_fingerprint", "program_template",
+           "system1_program"]

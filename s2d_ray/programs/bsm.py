@@ -1,10 +1,12 @@
 """Branch-Solve-Merge (Saha et al. 2023) for pairwise evaluation of two responses.
 
 Rows carry the user question in ``input`` and the two responses as ``response_a`` and
-``response_b`` columns. Each sample branches into evaluation criteria, solves each criterion,
-and merges them into a verdict (A, B or tie). The program also runs with the responses
-swapped (view ``swapped``), mapping its verdicts back, so the ``perturbation`` filter can
-keep only position-consistent verdicts.
+``response_b`` columns. Each sample branches on the question alone into evaluation criteria
+(as Saha et al.'s branch module does), then solves every criterion and merges into a verdict
+(A, B or tie) in both orders of the responses with the same criteria: view ``original`` and view
+``swapped`` (its verdict mapped back), so the ``perturbation`` filter keeps only
+position-consistent verdicts. System 1 and the distilled model see the judging prompt
+(``system1_input``) with the responses in the row's order.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from s2d_ray.tasks.spec import TaskSpec
 
 PAIR = "[User Question]\n{question}\n\n[Response A]\n{a}\n\n[Response B]\n{b}"
 BRANCH = (
-    "{pair}\n\nWe want to compare the two responses to the user question above. Propose an "
-    "evaluation plan: a numbered list of up to {k} criteria (such as correctness, relevance, "
-    "helpfulness) that matter most for this question. Output only the list."
+    "[User Question]\n{question}\n\nWe want to compare two responses to the user question above. "
+    "Propose an evaluation plan: a numbered list of up to {k} criteria (such as correctness, "
+    "relevance, helpfulness) that matter most for this question. Output only the list."
 )
 SOLVE = (
     "{pair}\n\nEvaluate both responses only on this criterion: {criterion}\n"
@@ -65,9 +67,10 @@ class BSM(Program):
         a, b = self._responses(row)
         views = {"original": PAIR.format(question=row["input"], a=a, b=b),
                  "swapped": PAIR.format(question=row["input"], a=b, b=a)}
-        branches = yield [self.call(BRANCH.format(pair=p, k=self.max_criteria), n=n) for p in views.values()]
+        (branches,) = yield [self.call(BRANCH.format(question=row["input"], k=self.max_criteria), n=n)]
+        # Each plan's criteria are solved and merged in both orders: one chain per (plan, view).
         chains = [(view, pair, br, _criteria(br.text, self.max_criteria))
-                  for (view, pair), outs in zip(views.items(), branches) for br in outs]
+                  for br in branches for view, pair in views.items()]
         solve_calls = [self.call(SOLVE.format(pair=pair, criterion=c)) for _, pair, _, crit in chains for c in crit]
         solved = iter((yield solve_calls))
         merges, per_chain = [], []
@@ -82,6 +85,7 @@ class BSM(Program):
             verdict = extract_choice(m.text)
             if verdict is not None and view == "swapped":
                 verdict = _SWAP[verdict]
-            tokens = br.tokens + sum(e.tokens for e in evals) + m.tokens
+            # The shared plan's tokens count once per plan (on its original-order chain).
+            tokens = (br.tokens if view == "original" else 0) + sum(e.tokens for e in evals) + m.tokens
             samples.append(Sample(verdict, [br.text, *(e.text for e in evals), m.text], tokens, view))
         return samples

@@ -1,10 +1,14 @@
-"""Rephrase and Respond (Deng et al. 2023), 1-step and 2-step."""
+"""Rephrase and Respond (Deng et al. 2023), 1-step and 2-step.
+
+Both respond as Deng et al.'s prompts do, reasoning freely; the final answer is read from the
+last line, which the prompt asks to write as ``Answer: <answer>``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from s2d_ray.programs.base import Program, ProgramRun, Sample, reason_then_answer, with_format
+from s2d_ray.programs.base import Program, ProgramRun, Sample, reason_then_answer
 
 ONE_STEP = "{input}\n\nRephrase and expand the question, and respond."
 REPHRASE = (
@@ -29,7 +33,7 @@ class RaR2(Program):
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
         (rephrasings,) = yield [self.call(REPHRASE.format(input=row["input"]), n=n)]
         answers = yield [
-            self.call(with_format(ANSWER.format(input=row["input"], rephrased=r.text), self.step_format))
+            self.call(reason_then_answer(ANSWER.format(input=row["input"], rephrased=r.text.strip()), self.step_format))
             for r in rephrasings
         ]
         return [

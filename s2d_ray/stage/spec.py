@@ -8,7 +8,7 @@ from typing import Any
 
 from s2d_ray.config import RunConfig
 from s2d_ray.engine import Sampling
-from s2d_ray.programs import Program, get_program, program_fingerprint, program_template
+from s2d_ray.programs import Program, get_program, program_fingerprint, program_template, system1_program
 from s2d_ray.tasks.spec import TaskSpec
 
 
@@ -24,7 +24,8 @@ class StageSpec:
     max_tokens: int
     engine: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] | None = None  # a TaskSpec's fields (how answers are asked for and read)
-    template: str | None = None  # a template program's YAML text (method is its file)
+    template: str | None = None  # a template program's YAML text (method's or system1_of's file)
+    system1_of: str | None = None  # method "direct": answer the System 1 prompts of this program
     filter: str | None = "majority"  # None: evaluation (majority answer, nothing dropped)
     min_agreement: float = 0.0
     config_hash: str = ""
@@ -33,6 +34,8 @@ class StageSpec:
         return TaskSpec(**self.task) if self.task else None
 
     def program(self) -> Program:
+        if self.system1_of:
+            return system1_program(self.system1_of, self.task_spec(), self.template)
         return get_program(self.method, self.task_spec(), self.template)
 
     @property
