@@ -151,6 +151,19 @@ class EvalConfig(_Strict):
     )
     headline: str | None = Field(
         None, description="The subset (column=value, from group_by) that report.png plots; default: all test inputs.")
+    majority_at: list[int] = Field(
+        default_factory=list,
+        description="Also report majority@k accuracy for each k (e.g. [1, 5, 10], the paper's CoT evaluation): "
+        "System 2 votes over its first k samples (it draws at least max(k)); System 1 and distilled System 1 over "
+        "k samples each drawn at sample.temperature (extra jobs).",
+    )
+
+    @field_validator("majority_at")
+    @classmethod
+    def _positive_k(cls, ks: list[int]) -> list[int]:
+        if any(k < 1 for k in ks):
+            raise ValueError("every k must be >= 1")
+        return sorted(set(ks))
 
 
 class DataConfig(_Strict):

@@ -143,3 +143,30 @@ def test_systems_table_shows_swap_inconsistency_only_for_pairwise_reports():
                            "system2": base})
     assert table[0].endswith("inconsistent under swap |")
     assert table[2].endswith("| 25.0% of 4 pairs |") and table[3].endswith("| - |")
+
+
+def test_majority_at_k_votes_over_the_first_k_samples():
+    from s2d_ray.evaluation import _majority_at
+    from s2d_ray.evaluation.report import format_report
+    from s2d_ray.tasks import get_task
+
+    task = get_task("word_problems").spec
+
+    def row(answers, gold="12", status="answered"):
+        return {"status": status, "answer": gold, "input": "q", "meta_d": {},
+                "samples": [{"answer": a, "tokens": 10} for a in answers]}
+
+    rows = [row(["12", "13", "13", "13", "12"]),   # k=1 right, k=3 and k=5 wrong (13 wins)
+            row(["7", "12", "12", "12", "12"]),    # k=1 wrong, later right
+            row([None, None, "12", "12", "12"]),   # no answer at k=1; unparsed samples do not vote
+            row(["12"] * 5, status="rejected"),    # not counted
+            row(["12", "12"])]                     # too few samples for k=3 or 5: left out there
+    one, three, five = (_majority_at(rows, k, task) for k in (1, 3, 5))
+    assert (one["n"], one["correct"]) == (4, 2) and one["mean_generated_tokens"] == 10
+    assert (three["n"], three["correct"]) == (3, 2) and three["mean_generated_tokens"] == 30
+    assert (five["n"], five["correct"]) == (3, 2)
+    report = {"method": "cot", "task": "word_problems", "model": "m", "systems": {},
+              "majority_at": {"system2": {"1": one, "5": five}, "distilled": {"1": one, "5": five}}}
+    text = format_report(report)
+    assert "| system | k=1 | k=5 |" in text
+    assert "| Distilled System 1 | 50.0% [15.0, 85.0], 10.0 tok | 66.7% [20.8, 93.9], 50.0 tok |" in text

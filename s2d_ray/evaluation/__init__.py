@@ -18,7 +18,8 @@ from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize, swap_i
 from s2d_ray.evaluation.report import format_report, write_report
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
-from s2d_ray.programs import program_fingerprint, program_template
+from s2d_ray.programs import Sample, program_fingerprint, program_template
+from s2d_ray.programs.filters import majority_vote
 from s2d_ray.runtime import init_ray
 from s2d_ray.stage import StageSpec, run_stage
 from s2d_ray.tasks import TaskSpec, task_spec
@@ -41,11 +42,15 @@ def _specs(cfg: RunConfig, model: str, config_hash: str, system2: bool) -> dict[
     direct = dict(model=model, method="direct", n_samples=1, temperature=0.0, top_p=1.0, max_tokens=e.max_tokens,
                   engine=s.engine.model_dump(), filter=None, config_hash=config_hash)
     # System 1 and the distilled model answer the prompts the distillation set trained on.
-    specs = {("system1" if system2 else "distilled"): StageSpec(**direct, task=task, system1_of=s.method,
-                                                               template=program_template(s.method))}
+    name = "system1" if system2 else "distilled"
+    specs = {name: StageSpec(**direct, task=task, system1_of=s.method, template=program_template(s.method))}
+    k = max(e.majority_at, default=0)
+    if k:  # majority@k: k samples of System 1 at the sampling temperature
+        sampled = {**direct, "n_samples": k, "temperature": s.temperature, "top_p": s.top_p}
+        specs[f"{name}@k"] = StageSpec(**sampled, task=task, system1_of=s.method, template=program_template(s.method))
     if system2:
         specs["system2"] = StageSpec(
-            model=model, method=s.method, n_samples=e.system2_samples or s.n_samples, temperature=s.temperature,
+            model=model, method=s.method, n_samples=max(e.system2_samples or s.n_samples, k), temperature=s.temperature,
             top_p=s.top_p, max_tokens=s.max_tokens, engine=s.engine.model_dump(), task=task,
             template=program_template(s.method), filter=None, config_hash=config_hash)
     for t in e.broader_tasks:
@@ -77,6 +82,21 @@ def _score(rows: list[dict[str, Any]], specs: dict[str, StageSpec]) -> list[dict
         if r["answer"] is not None and task is not None:
             r["correct"] = task.is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
     return rows
+
+
+def _majority_at(rows: list[dict[str, Any]], k: int, task: TaskSpec) -> dict[str, Any]:
+    """Accuracy of the majority answer of each row's first ``k`` samples (a tie: the first most
+    common), and the mean generated tokens of those samples."""
+    scored = []
+    for r in rows:
+        if r["status"] == "rejected" or len(r["samples"]) < k:
+            continue
+        first = r["samples"][:k]
+        answer, _, _ = majority_vote([Sample(s["answer"]) for s in first], task.answers)
+        correct = None if r["answer"] is None else (
+            answer is not None and task.is_correct(answer, {**r["meta_d"], "input": r["input"], "answer": r["answer"]}))
+        scored.append({"status": r["status"], "correct": correct, "generated_tokens": sum(s["tokens"] for s in first)})
+    return summarize(scored)
 
 
 def _by_job(rows: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
@@ -118,6 +138,11 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     dist = _score(out.read_tables("eval/distilled").to_pylist(), dist_specs)
 
     jobs = {"system1": _by_job(base, "system1"), "system2": _by_job(base, "system2"), "distilled": _by_job(dist, "distilled")}
+    majority_at: dict[str, Any] = {}
+    if cfg.eval.majority_at and cfg.task_spec is not None:
+        sampled = {"system1": _by_job(base, "system1@k"), "system2": jobs["system2"], "distilled": _by_job(dist, "distilled@k")}
+        majority_at = {name: {str(k): _majority_at(rows, k, cfg.task_spec) for k in cfg.eval.majority_at}
+                       for name, rows in sampled.items()}
     systems = {name: summarize(rows) for name, rows in jobs.items()}
     for name, rows in jobs.items():  # pairwise judging: verdicts of both orders of a pair
         if (swap := swap_inconsistency(rows)) is not None:
@@ -143,6 +168,7 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
         "headline": cfg.eval.headline,
         "subsets": subsets,
         "broader": broader,
+        "majority_at": majority_at,
         "stages": stats,
     }
     if out.exists("samples_summary.json"):

@@ -56,6 +56,16 @@ def format_report(report: dict[str, Any]) -> str:
         if d := systems.get("delta"):
             lines += [f"Distilled System 1 - System 1 on these inputs: {100 * d['delta']:+.1f} points "
                       f"[{100 * d['delta_ci95'][0]:+.1f}, {100 * d['delta_ci95'][1]:+.1f}] (paired bootstrap, n={d['n']})", ""]
+    if mk := report.get("majority_at"):
+        ks = list(next(iter(mk.values())))
+        lines += ["### Majority@k (the majority answer of k samples at the sampling temperature)", "",
+                  "| system | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for key, label in LABELS.items():
+            if key in mk:
+                lines.append(f"| {label} | " + " | ".join(
+                    f"{_pct(m['accuracy'])} {_ci(m['accuracy_ci95'])}, {_num(m['mean_generated_tokens'])} tok"
+                    for m in (mk[key][k] for k in ks)) + " |")
+        lines.append("")
     if report.get("broader"):
         lines += ["### Broader performance (base System 1 vs distilled System 1, same inputs)", "",
                   "| task | base | distilled | delta | 95% CI of delta | n |", "|---|---|---|---|---|---|"]
