@@ -66,6 +66,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_paper(args: argparse.Namespace) -> int:
+    from s2d_ray.paper import paper
+
+    paper(args.configs, args.out, args.set)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from s2d_ray.serving.app import serve_forever
 
@@ -80,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="built-in tasks", description="Built-in tasks with ground truth.")
     tsub = tasks.add_subparsers(dest="tasks_command", required=True)
     make = tsub.add_parser("make", help="write a built-in task as JSONL or Parquet (by extension)")
-    make.add_argument("name", help="biased_qa, last_letter or coin_flip")
+    make.add_argument("name", help="biased_qa, last_letter, coin_flip, word_problems or pairwise")
     make.add_argument("--n", type=int, required=True, help="number of rows")
     make.add_argument("--seed", type=int, default=0, help="generation seed (same seed, same file)")
     make.add_argument("--split", choices=["train", "test", "all"], default="train", help="facts/items split (disjoint)")
@@ -92,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_parser(sub, "train", "fine-tune on distill/ with Ray Train + DeepSpeed (writes model/)").set_defaults(func=_cmd_train)
     _config_parser(sub, "eval", "System 1 vs System 2 vs distilled System 1 (writes report.json/.md/.png)").set_defaults(func=_cmd_eval)
     _config_parser(sub, "run", "the whole loop, resumable: sample -> filter -> train -> eval").set_defaults(func=_cmd_run)
+
+    paper = sub.add_parser("paper", help="every config with the paper's baselines, resumable, into one table",
+                           description="Run each config (s2d run) and its 'Distill System 1' and 'no filter' baselines; "
+                           "write OUT/table.md, .json and .png (make paper: the configs in configs/paper/).")
+    paper.add_argument("configs", nargs="+", help="run configs, one per method")
+    paper.add_argument("--out", default="runs/paper", help="where the table goes (default runs/paper)")
+    paper.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
+    paper.set_defaults(func=_cmd_paper)
 
     serve = sub.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) with Ray Serve until Ctrl-C")
     serve.add_argument("model_dir", help="a model directory (e.g. OUTPUT_DIR/model), built-in model name or HF id")

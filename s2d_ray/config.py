@@ -92,6 +92,9 @@ class SampleConfig(_Strict):
         "'Distill System 1' baseline), a Python import path module:Class (a s2d_ray.programs.Program subclass), "
         "or a YAML file of prompt templates (see configs/examples/).",
     )
+    system1_of: str | None = Field(
+        None, description="With method direct: answer the System 1 prompts of this program (its `system1_input`, "
+        "e.g. bsm's judging prompt with both responses): the 'Distill System 1' baseline of such a program.")
     n_samples: int = Field(8, ge=1, le=64, description="Samples per input (paper: 8 RaR, 10 CoT, 20 S2A).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of every program step.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
@@ -103,7 +106,14 @@ class SampleConfig(_Strict):
     @model_validator(mode="after")
     def _placement(self) -> "SampleConfig":
         check_engine_placement("actors.", self.actors.num_gpus, self.engine.tensor_parallel_size)
+        if self.system1_of and self.method != "direct":
+            raise ValueError(f"system1_of: only with method direct (method is {self.method})")
         return self
+
+    @property
+    def prompts_of(self) -> str:
+        """The program whose System 1 prompts the distillation set trains on."""
+        return self.system1_of or self.method
 
 
 class TrainConfig(_Strict):
@@ -151,6 +161,9 @@ class EvalConfig(_Strict):
     )
     headline: str | None = Field(
         None, description="The subset (column=value, from group_by) that report.png plots; default: all test inputs.")
+    base: bool = Field(
+        True, description="Evaluate the base model (System 1, System 2, broader tasks). Off for a baseline run "
+        "whose base figures another run of the same data already has (`s2d paper`): only the distilled model.")
     majority_at: list[int] = Field(
         default_factory=list,
         description="Also report majority@k accuracy for each k (e.g. [1, 5, 10], the paper's CoT evaluation): "
@@ -212,7 +225,7 @@ class RunConfig(_Strict):
         except S2DError as e:  # an unknown built-in task
             raise ValueError(f"task: {e}") from None
         try:
-            get_program(self.sample.method, spec)
+            get_program(self.sample.prompts_of, spec)
         except S2DError as e:  # an unknown method, import path or bad template (the message names it)
             raise ValueError(str(e)) from None
         if spec and not spec.answers.comparable and self.sample.filter.kind in ("majority", "perturbation"):

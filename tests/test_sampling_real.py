@@ -35,8 +35,8 @@ def test_each_method_parses_real_output(loop, small_engine, method):
 
     samples = loop.run_until_complete(run_program(program.run(row, 3), complete))
     assert len(samples) == (6 if method == "bsm" else 3)
-    if method == "bsm":  # branch (one call per order), 1-3 criteria per chain to solve, one merge per chain
-        assert 2 + 6 + 6 <= len(calls) <= 2 + 18 + 6
+    if method == "bsm":  # one branch call (n plans), 1-3 criteria per plan solved in both orders, a merge per chain
+        assert 1 + 6 + 6 <= len(calls) <= 1 + 18 + 6
     else:
         assert len(calls) == {"rar1": 1, "cot": 1, "rar2": 4, "s2a": 4}[method]
     for s in samples:
@@ -45,11 +45,15 @@ def test_each_method_parses_real_output(loop, small_engine, method):
         assert s.answer == program.extract(s.reasoning[-1]) or method == "bsm"
     if method == "bsm":
         # branch, solve and merge, in both orders: the swapped view shows response B's text as A
-        assert [s.view for s in samples] == ["original"] * 3 + ["swapped"] * 3
+        assert [s.view for s in samples] == ["original", "swapped"] * 3
         assert all(3 <= len(s.reasoning) <= 5 for s in samples)  # the plan, 1-3 criteria judged, the verdict
-        branch_original, branch_swapped = (c.messages[-1]["content"] for c in calls[:2])
-        assert branch_original.index("2 + 2 = 4.") < branch_original.index("2 + 2 = 5.")
-        assert branch_swapped.index("2 + 2 = 5.") < branch_swapped.index("2 + 2 = 4.")
+        branch = calls[0].messages[-1]["content"]  # the plan comes from the question alone
+        assert "What is 2 + 2?" in branch and "2 + 2 = 4." not in branch and "2 + 2 = 5." not in branch
+        for original, swapped in zip(samples[::2], samples[1::2]):  # one plan, judged in both orders
+            assert original.reasoning[0] == swapped.reasoning[0] and len(original.reasoning) == len(swapped.reasoning)
+        solves = [c.messages[-1]["content"] for c in calls if "only on this criterion" in c.messages[-1]["content"]]
+        orders = [p.index("2 + 2 = 4.") < p.index("2 + 2 = 5.") for p in solves]
+        assert orders.count(True) == orders.count(False)  # each criterion asked in both orders
         assert all(s.answer in ("A", "B", "tie", None) for s in samples)
         assert any(s.answer for s in samples), [s.reasoning[-1] for s in samples]
 

@@ -43,17 +43,18 @@ def _specs(cfg: RunConfig, model: str, config_hash: str, system2: bool) -> dict[
                   engine=s.engine.model_dump(), filter=None, config_hash=config_hash)
     # System 1 and the distilled model answer the prompts the distillation set trained on.
     name = "system1" if system2 else "distilled"
-    specs = {name: StageSpec(**direct, task=task, system1_of=s.method, template=program_template(s.method))}
+    prompts = dict(system1_of=s.prompts_of, template=program_template(s.prompts_of))
+    specs = {name: StageSpec(**direct, task=task, **prompts)}
     k = max(e.majority_at, default=0)
     if k:  # majority@k: k samples of System 1 at the sampling temperature
         sampled = {**direct, "n_samples": k, "temperature": s.temperature, "top_p": s.top_p}
-        specs[f"{name}@k"] = StageSpec(**sampled, task=task, system1_of=s.method, template=program_template(s.method))
+        specs[f"{name}@k"] = StageSpec(**sampled, task=task, **prompts)
     if system2:
         specs["system2"] = StageSpec(
             model=model, method=s.method, n_samples=max(e.system2_samples or s.n_samples, k), temperature=s.temperature,
             top_p=s.top_p, max_tokens=s.max_tokens, engine=s.engine.model_dump(), task=task,
-            template=program_template(s.method), filter=None, config_hash=config_hash)
-    for t in e.broader_tasks:
+            template=program_template(s.prompts_of), system1_of=s.system1_of, filter=None, config_hash=config_hash)
+    for t in e.broader_tasks if e.base else []:
         specs[f"broader:{t}"] = StageSpec(**direct, task=_dump(task_spec(t)))
     return specs
 
@@ -124,23 +125,28 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
         raise S2DError(f"eval: no trained model at {out.uri('model')}; run `s2d train` first")
     init_ray(cfg.locations("output_dir", "data.test", "model"))
     task = _dump(cfg.task_spec)  # its format and system prompt are in every eval prompt
+    programs = [program_fingerprint(m) for m in sorted({cfg.sample.method, cfg.sample.prompts_of})]
     base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"}),
-                                              "program": program_fingerprint(cfg.sample.method), "task": task,
-                                              "system1": program_fingerprint("direct")})
+                                              "program": programs, "task": task, "system1": program_fingerprint("direct")})
     dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg), "task": task,
                                               "system1": program_fingerprint("direct")})
-    base_specs = _specs(cfg, cfg.model, base_hash, system2=True)
-    dist_specs = _specs(cfg, out.uri("model"), dist_hash, system2=False)
-    stats = {}
-    for name, specs in (("base", base_specs), ("distilled", dist_specs)):
+    stages = {"distilled": _specs(cfg, out.uri("model"), dist_hash, system2=False)}
+    if cfg.eval.base:
+        stages = {"base": _specs(cfg, cfg.model, base_hash, system2=True), **stages}
+    stats, scored = {}, {}
+    for name, specs in stages.items():
         stats[name] = run_stage(_dataset(cfg, specs), specs, cfg.sample.actors, out, f"eval/{name}").as_dict()
-    base = _score(out.read_tables("eval/base").to_pylist(), base_specs)
-    dist = _score(out.read_tables("eval/distilled").to_pylist(), dist_specs)
+        scored[name] = _score(out.read_tables(f"eval/{name}").to_pylist(), specs)
+    base, dist = scored.get("base", []), scored["distilled"]
 
-    jobs = {"system1": _by_job(base, "system1"), "system2": _by_job(base, "system2"), "distilled": _by_job(dist, "distilled")}
+    jobs = {"distilled": _by_job(dist, "distilled")}
+    if cfg.eval.base:
+        jobs = {"system1": _by_job(base, "system1"), "system2": _by_job(base, "system2"), **jobs}
     majority_at: dict[str, Any] = {}
     if cfg.eval.majority_at and cfg.task_spec is not None:
-        sampled = {"system1": _by_job(base, "system1@k"), "system2": jobs["system2"], "distilled": _by_job(dist, "distilled@k")}
+        sampled = {"system1": _by_job(base, "system1@k"), "system2": jobs.get("system2", []),
+                   "distilled": _by_job(dist, "distilled@k")}
+        sampled = {name: rows for name, rows in sampled.items() if rows}
         majority_at = {name: {str(k): _majority_at(rows, k, cfg.task_spec) for k in cfg.eval.majority_at}
                        for name, rows in sampled.items()}
     systems = {name: summarize(rows) for name, rows in jobs.items()}
@@ -149,12 +155,11 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
             systems[name]["swap_inconsistent"] = swap
     subsets: dict[str, Any] = {}
     for column in cfg.eval.group_by:  # e.g. variant: one subset per value, each with its delta
-        for value in sorted({str(r["meta_d"][column]) for r in jobs["system1"] if r["meta_d"].get(column) is not None}):
+        for value in sorted({str(r["meta_d"][column]) for r in jobs["distilled"] if r["meta_d"].get(column) is not None}):
             part = {name: [r for r in rows if str(r["meta_d"].get(column)) == value] for name, rows in jobs.items()}
-            subsets[f"{column}={value}"] = {
-                **{name: summarize(rows) for name, rows in part.items()},
-                "delta": _delta(part["system1"], part["distilled"], cfg.data.seed),
-            }
+            subsets[f"{column}={value}"] = {name: summarize(rows) for name, rows in part.items()}
+            if "system1" in part:
+                subsets[f"{column}={value}"]["delta"] = _delta(part["system1"], part["distilled"], cfg.data.seed)
     broader: dict[str, Any] = {}
     for task in cfg.eval.broader_tasks:
         job = f"broader:{task}"

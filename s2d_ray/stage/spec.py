@@ -48,7 +48,8 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
     s = cfg.sample
     spec = cfg.task_spec
     payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
-               "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method)}
+               "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method),
+               **({"system1_of": program_fingerprint(s.system1_of)} if s.system1_of else {})}
     return StageSpec(
         model=cfg.model,
         method=s.method,
@@ -58,7 +59,8 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
         max_tokens=s.max_tokens,
         engine=s.engine.model_dump(),
         task=spec.model_dump() if spec else None,
-        template=program_template(s.method),
+        template=program_template(s.prompts_of),
+        system1_of=s.system1_of,
         filter=s.filter.kind,
         min_agreement=s.filter.min_agreement,
         config_hash=cfg.stage_hash("sample", extra=payload, exclude=("actors",)),

@@ -1,0 +1,143 @@
+"""`s2d paper` (`make paper`): the paper's methods on the embedded model, each with the paper's
+two baselines, in one table (runs/paper/table.md, .json, .png).
+
+For each config: its own run (``s2d run``: System 1, System 2, distilled System 1, broader
+deltas, in the config's ``output_dir``), then the baselines as overrides of the same config, in
+``<output_dir>-<baseline>``: "Distill System 1" (``sample.method=direct``: the model's own
+System 1 answers, self-consistency filtered) and "no filter" (``sample.filter.kind=none``: the
+System 2 answers unfiltered). Baseline runs evaluate only their distilled model
+(``eval.base=false``). Every run resumes, so a stopped ``make paper`` continues where it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from s2d_ray.outputs import OutputDir
+
+BASELINES: dict[str, tuple[str, list[str]]] = {
+    "distill_system1": ("Distill System 1 (baseline)", ["sample.method=direct"]),  # + system1_of=<method>
+    "no_filter": ("Distilled, no filter (baseline)", ["sample.filter.kind=none"]),
+}
+SYSTEMS = {"system1": "System 1", "system2": "System 2", "distilled": "Distilled System 1"}
+METRICS = ("accuracy", "accuracy_ci95", "mean_generated_tokens", "n", "swap_inconsistent")
+
+
+def _entry(name: str, report: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One method's row group of the table, from its report and its baselines' reports."""
+    systems = {key: {m: report["systems"][key].get(m) for m in METRICS} for key in SYSTEMS if key in report["systems"]}
+    for key, base in baselines.items():
+        systems[key] = {m: base["systems"]["distilled"].get(m) for m in METRICS}
+    return {
+        "config": name, "task": report["task"], "method": report["method"], "model": report["model"],
+        "systems": systems,
+        "subsets": {k: {s: v[s]["accuracy"] for s in SYSTEMS if s in v} for k, v in report.get("subsets", {}).items()},
+        "majority_at": report.get("majority_at") or {},
+        "broader": {t: {k: b[k] for k in ("base", "distilled", "delta", "delta_ci95", "n")}
+                    for t, b in report.get("broader", {}).items()},
+        "distillation_set": {k: report.get("distillation_set", {}).get(k) for k in ("kept", "valid_inputs", "n_samples")},
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _cell(m: dict[str, Any] | None) -> str:
+    if not m or m.get("accuracy") is None:
+        return "-"
+    lo, hi = m["accuracy_ci95"]
+    cell = f"{_pct(m['accuracy'])} [{_pct(lo)}, {_pct(hi)}], {m['mean_generated_tokens']:.0f} tok"
+    if sw := m.get("swap_inconsistent"):
+        cell += f", {_pct(sw['fraction'])}% inconsistent"
+    return cell
+
+
+def labels() -> dict[str, str]:
+    return {**SYSTEMS, **{k: label for k, (label, _) in BASELINES.items()}}
+
+
+def format_table(entries: list[dict[str, Any]]) -> str:
+    """Markdown: per method, accuracy % [95% CI] and mean generated tokens of every system."""
+    names = labels()
+    lines = ["| task (method) | " + " | ".join(names.values()) + " |", "|---|" + "---|" * len(names)]
+    for e in entries:
+        lines.append(f"| {e['task']} ({e['method']}) | " + " | ".join(_cell(e["systems"].get(k)) for k in names) + " |")
+    lines.append("")
+    for e in entries:
+        extra = []
+        if e["subsets"]:
+            extra += [f"- subset {k}: " + ", ".join(f"{SYSTEMS[s]} {_pct(a)}%" for s, a in v.items()) for k, v in e["subsets"].items()]
+        for system, by_k in e["majority_at"].items():
+            extra.append(f"- majority@k, {SYSTEMS.get(system, system)}: " + ", ".join(
+                f"k={k} {_pct(m['accuracy'])}%" for k, m in by_k.items()))
+        for task, b in e["broader"].items():
+            extra.append(f"- broader {task}: base {_pct(b['base'])}% -> distilled {_pct(b['distilled'])}% "
+                         f"({100 * b['delta']:+.1f} pts [{100 * b['delta_ci95'][0]:+.1f}, {100 * b['delta_ci95'][1]:+.1f}], n={b['n']})")
+        if extra:
+            ds = e["distillation_set"]
+            lines += [f"**{e['task']} ({e['method']}, {e['model']})**: distillation set {ds['kept']} of "
+                      f"{ds['valid_inputs']} inputs, {ds['n_samples']} samples each", "", *extra, ""]
+    return "\n".join(lines)
+
+
+def plot(entries: list[dict[str, Any]]) -> bytes:
+    """PNG: one panel per method, accuracy (95% CI) of each system, mean generated tokens on the bars."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = labels()
+    fig, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 4.6), squeeze=False, sharey=True)
+    for ax, e in zip(axes[0], entries):
+        keys = [k for k in names if (e["systems"].get(k) or {}).get("accuracy") is not None]
+        acc = [e["systems"][k]["accuracy"] * 100 for k in keys]
+        err = [[a - e["systems"][k]["accuracy_ci95"][0] * 100 for a, k in zip(acc, keys)],
+               [e["systems"][k]["accuracy_ci95"][1] * 100 - a for a, k in zip(acc, keys)]]
+        bars = ax.bar(range(len(keys)), acc, yerr=err, capsize=3, color=[f"C{list(names).index(k)}" for k in keys])
+        for bar, a, up in zip(bars, acc, err[1]):  # the value above its interval
+            ax.text(bar.get_x() + bar.get_width() / 2, a + up + 1, f"{a:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(keys)), [f"{names[k].replace(' (baseline)', ' (b.)')}\n{e['systems'][k]['mean_generated_tokens']:.0f} tokens"
+                                         for k in keys], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{e['method']} on {e['task']}", fontsize=10)
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("accuracy % (95% CI)")
+    fig.suptitle(f"System 2 distillation, {entries[0]['model']}: accuracy and mean generated tokens "
+                 "((b.): the paper's baselines)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def paper(configs: list[str], out_dir: str, sets: list[str]) -> list[dict[str, Any]]:
+    """Run every config and its baselines (resumable) and write ``out_dir``/table.{md,json,png}."""
+    from s2d_ray.config import load_config
+    from s2d_ray.pipeline import run
+
+    entries = []
+    for path in configs:
+        cfg = load_config(path, sets)
+        print(f"\n##### s2d paper: {path} ({cfg.sample.method} on {cfg.task_name}) -> {cfg.output_dir}", flush=True)
+        report = run(cfg)
+        baselines = {}
+        for key, (label, overrides) in BASELINES.items():
+            print(f"\n##### s2d paper: {path}, {label}", flush=True)
+            if key == "distill_system1":  # the System 1 prompts of the method (bsm: the judging prompt)
+                overrides = [*overrides, f"sample.system1_of={cfg.sample.method}"]
+            base_cfg = load_config(path, [*sets, f"output_dir={cfg.output_dir}-{key}", *overrides, "eval.base=false"])
+            baselines[key] = run(base_cfg)
+        entries.append(_entry(Path(path).stem, report, baselines))
+    out = OutputDir(out_dir)
+    out.write_text(json.dumps(entries, indent=2), "table.json")
+    out.write_text(format_table(entries), "table.md")
+    with out.fs.open_output_stream(out.path("table.png")) as f:
+        f.write(plot(entries))
+    print("\n" + format_table(entries) + f"\ntable: {out.uri('table.md')} (.json, .png)")
+    return entries

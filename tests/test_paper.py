@@ -1,0 +1,62 @@
+"""`s2d paper`: the table of methods and baselines (from reports), and the config it runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from s2d_ray.config import load_config
+from s2d_ray.errors import S2DError
+from s2d_ray.paper import _entry, format_table, plot
+from s2d_ray.stage.spec import sample_spec
+
+
+def _system(acc: float, tokens: float, n: int = 40, **extra) -> dict:
+    return {"accuracy": acc, "accuracy_ci95": [acc - 0.1, acc + 0.1], "mean_generated_tokens": tokens, "n": n, **extra}
+
+
+def _report(task: str, method: str, **extra) -> dict:
+    return {"task": task, "method": method, "model": "qwen2.5-coder-0.5b-instruct",
+            "systems": {"system1": _system(0.2, 5), "system2": _system(0.6, 120), "distilled": _system(0.55, 6)},
+            "distillation_set": {"kept": 30, "valid_inputs": 50, "n_samples": 4}, **extra}
+
+
+def _baseline(acc: float) -> dict:
+    return {"systems": {"distilled": _system(acc, 5)}}
+
+
+def test_table_has_every_system_and_baseline_per_method():
+    s2a = _entry("demo", _report("biased_qa", "s2a", subsets={"phrasing_split=test": {
+        "system1": _system(0.1, 5), "distilled": _system(0.3, 6), "delta": {}}},
+        broader={"coin_flip": {"base": 0.5, "distilled": 0.45, "delta": -0.05, "delta_ci95": [-0.1, 0.0], "n": 60}}),
+        {"distill_system1": _baseline(0.25), "no_filter": _baseline(0.5)})
+    bsm = _entry("bsm", _report("pairwise", "bsm", systems={
+        "system1": _system(0.5, 2, swap_inconsistent={"pairs": 20, "inconsistent": 9, "fraction": 0.45, "ci95": [0.2, 0.6]}),
+        "system2": _system(0.7, 300), "distilled": _system(0.6, 2)}), {"distill_system1": _baseline(0.5), "no_filter": _baseline(0.55)})
+    cot = _entry("cot", _report("word_problems", "cot", majority_at={"distilled": {"1": _system(0.1, 8), "10": _system(0.15, 80)}}),
+                 {"distill_system1": _baseline(0.1), "no_filter": _baseline(0.12)})
+    text = format_table([s2a, bsm, cot])
+    header, _, *rows = text.splitlines()[:5]
+    assert header == ("| task (method) | System 1 | System 2 | Distilled System 1 | Distill System 1 (baseline) | "
+                      "Distilled, no filter (baseline) |")
+    assert rows[0] == ("| biased_qa (s2a) | 20.0 [10.0, 30.0], 5 tok | 60.0 [50.0, 70.0], 120 tok | 55.0 [45.0, 65.0], 6 tok | "
+                       "25.0 [15.0, 35.0], 5 tok | 50.0 [40.0, 60.0], 5 tok |")
+    assert rows[1].startswith("| pairwise (bsm) | 50.0 [40.0, 60.0], 2 tok, 45.0% inconsistent |")
+    assert "- subset phrasing_split=test: System 1 10.0%, Distilled System 1 30.0%" in text
+    assert "- broader coin_flip: base 50.0% -> distilled 45.0% (-5.0 pts [-10.0, +0.0], n=60)" in text
+    assert "- majority@k, Distilled System 1: k=1 10.0%, k=10 15.0%" in text
+    png = plot([s2a, bsm, cot])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_distill_system1_baseline_answers_the_methods_system1_prompts():
+    cfg = load_config("configs/smoke.yaml", ["sample.method=direct", "sample.system1_of=bsm", "data.train=task:pairwise",
+                                             "data.test=task:pairwise"])
+    spec = sample_spec(cfg)
+    assert spec.method == "direct" and spec.system1_of == "bsm"
+    row = {"input": "What is 2 + 2?", "meta": {"response_a": "4.", "response_b": "5."}}
+    assert "[Response A]\n4." in spec.program().system1_input(row)
+    plain = sample_spec(load_config("configs/smoke.yaml", ["sample.method=direct", "data.train=task:pairwise",
+                                                            "data.test=task:pairwise"]))
+    assert plain.config_hash != spec.config_hash  # other prompts, other distillation set
+    with pytest.raises(S2DError, match="system1_of: only with method direct"):
+        load_config("configs/smoke.yaml", ["sample.system1_of=bsm"])
