@@ -60,3 +60,18 @@ def test_distill_system1_baseline_answers_the_methods_system1_prompts():
     assert plain.config_hash != spec.config_hash  # other prompts, other distillation set
     with pytest.raises(S2DError, match="system1_of: only with method direct"):
         load_config("configs/smoke.yaml", ["sample.system1_of=bsm"])
+
+
+def test_a_changed_task_generator_changes_the_sampling_lineage(monkeypatch):
+    """Rows of built-in tasks are regenerated from code: a changed generator must not resume onto
+    the old rows under the same ids (files as inputs carry their own content)."""
+    import s2d_ray.tasks as tasks
+
+    cfg = load_config("configs/smoke.yaml", [])
+    before = sample_spec(cfg).config_hash
+    assert tasks.generator_fingerprint("data/x.jsonl") is None
+    monkeypatch.setattr(tasks, "generator_fingerprint", lambda *sources: "changed")
+    import s2d_ray.stage.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "generator_fingerprint", tasks.generator_fingerprint)
+    assert sample_spec(cfg).config_hash != before

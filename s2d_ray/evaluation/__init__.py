@@ -22,7 +22,7 @@ from s2d_ray.programs import Sample, program_fingerprint, program_template
 from s2d_ray.programs.filters import majority_vote
 from s2d_ray.runtime import init_ray
 from s2d_ray.stage import StageSpec, run_stage
-from s2d_ray.tasks import TaskSpec, task_spec
+from s2d_ray.tasks import TaskSpec, generator_fingerprint, task_spec
 
 
 def _tag(batch: pa.Table, job: str) -> pa.Table:
@@ -126,9 +126,11 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     init_ray(cfg.locations("output_dir", "data.test", "model"))
     task = _dump(cfg.task_spec)  # its format and system prompt are in every eval prompt
     programs = [program_fingerprint(m) for m in sorted({cfg.sample.method, cfg.sample.prompts_of})]
-    base_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "sample": cfg.sample.model_dump(exclude={"actors"}),
+    broader = [f"task:{t}" for t in cfg.eval.broader_tasks]  # built-in tasks, as are task: inputs
+    data = {**cfg.data.model_dump(), "generator": generator_fingerprint(cfg.data.test, *broader)}
+    base_hash = cfg.stage_hash("eval", extra={"data": data, "sample": cfg.sample.model_dump(exclude={"actors"}),
                                               "program": programs, "task": task, "system1": program_fingerprint("direct")})
-    dist_hash = cfg.stage_hash("eval", extra={"data": cfg.data.model_dump(), "train": train_hash(cfg), "task": task,
+    dist_hash = cfg.stage_hash("eval", extra={"data": data, "train": train_hash(cfg), "task": task,
                                               "system1": program_fingerprint("direct")})
     stages = {"distilled": _specs(cfg, out.uri("model"), dist_hash, system2=False)}
     if cfg.eval.base:

@@ -9,6 +9,7 @@ from typing import Any
 from s2d_ray.config import RunConfig
 from s2d_ray.engine import Sampling
 from s2d_ray.programs import Program, get_program, program_fingerprint, program_template, system1_program
+from s2d_ray.tasks import generator_fingerprint
 from s2d_ray.tasks.spec import TaskSpec
 
 
@@ -47,7 +48,8 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
     """The sampling stage's spec; its config hash is the lineage of the distillation set."""
     s = cfg.sample
     spec = cfg.task_spec
-    payload = {"data": {k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
+    payload = {"data": {**{k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
+                        "generator": generator_fingerprint(cfg.data.train)},
                "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method),
                **({"system1_of": program_fingerprint(s.system1_of)} if s.system1_of else {})}
     return StageSpec(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from importlib import resources
 from typing import Any
 
 from s2d_ray.errors import S2DError
@@ -37,6 +39,16 @@ def get_task(name: str) -> Task:
         raise S2DError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}") from None
 
 
+def generator_fingerprint(*sources: str) -> str | None:
+    """A hash of the built-in task generators (this package's code and data) when any of
+    ``sources`` is a ``task:`` source, so rows of a changed generator never resume onto those of
+    the old one under the same ids; None for files."""
+    if not any(src.startswith("task:") for src in sources):
+        return None
+    files = sorted((f for f in resources.files(__name__).iterdir() if f.name.endswith((".py", ".csv"))), key=lambda f: f.name)
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
 def task_spec(task: str | TaskSpec | dict[str, Any] | None) -> TaskSpec | None:
     """A task spec from a built-in name (or source), a spec, or its dict (as sent to workers)."""
     if task is None or isinstance(task, TaskSpec):
@@ -46,4 +58,4 @@ def task_spec(task: str | TaskSpec | dict[str, Any] | None) -> TaskSpec | None:
     return get_task(task).spec
 
 
-__all__ = ["TASKS", "Task", "TaskSpec", "get_task", "parse_task_source", "task_spec"]
+__all__ = ["TASKS", "Task", "TaskSpec", "generator_fingerprint", "get_task", "parse_task_source", "task_spec"]
