@@ -11,6 +11,7 @@ Ray here (the sampling actor and the Serve deployment each hold one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -210,18 +211,28 @@ class Engine:
         return self.llm.errored
 
     def shutdown(self) -> None:
-        """Stop the engine processes; on the event loop that ran its requests when that loop runs
-        in another thread (Ray Data's async UDFs), so vLLM's output task ends cleanly."""
+        """Stop the engine processes, on the event loop that ran its requests (in another thread
+        for Ray Data's async UDFs) where that loop still exists, so vLLM's output task ends cleanly."""
         loop = self._loop
         if loop is not None and loop.is_running() and not _on_loop(loop):
-            async def stop() -> None:
-                self.llm.shutdown()
-
             try:
-                asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(self._stop(), loop).result(timeout=5)
                 return
             except TimeoutError:  # the loop is no longer serving (its owner is tearing down)
                 pass
+        elif loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.run_until_complete(self._stop())  # e.g. a test's module loop, between its runs
+            return
+        self.llm.shutdown()
+
+    async def _stop(self) -> None:
+        # vLLM stops the engine process before it cancels its output task, which then reads the
+        # dead engine and logs an EngineDeadError traceback at every clean shutdown: cancel first.
+        handler = getattr(self.llm, "output_handler", None)
+        if handler is not None and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
         self.llm.shutdown()
 
 
