@@ -11,7 +11,7 @@ CUDA_ONLY := torchvision torchaudio torchcodec triton
 export VLLM_LOGGING_LEVEL ?= WARNING
 export RAY_DEDUP_LOGS ?= 1
 
-.PHONY: install demo smoke test test-fast bench gpu-check clean
+.PHONY: install demo smoke paper test test-fast bench gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: install
 
 smoke: install
 	$(BIN)/s2d run configs/smoke.yaml
+
+# The paper's four methods (S2A = the demo), each with its two baselines, into runs/paper/table.*;
+# resumable: a stopped `make paper` continues where it was.
+paper: install
+	$(BIN)/s2d paper configs/demo.yaml configs/paper/rar.yaml configs/paper/bsm.yaml configs/paper/cot.yaml --out runs/paper
 
 test: install
 	$(BIN)/python -m pytest -q tests

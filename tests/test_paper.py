@@ -75,3 +75,22 @@ def test_a_changed_task_generator_changes_the_sampling_lineage(monkeypatch):
 
     monkeypatch.setattr(spec_module, "generator_fingerprint", tasks.generator_fingerprint)
     assert sample_spec(cfg).config_hash != before
+
+
+def test_make_paper_configs_load_and_the_gpu_twins_match_them():
+    """Every config `make paper` runs is valid, and each GPU twin keeps its method, task and filter."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    make = (root / "Makefile").read_text()
+    configs = re.search(r"s2d paper (.+?) --out", make).group(1).split()
+    assert "configs/demo.yaml" in configs and len(configs) == 4
+    twins = {"configs/demo.yaml": "s2a", "configs/paper/rar.yaml": "rar", "configs/paper/bsm.yaml": "bsm",
+             "configs/paper/cot.yaml": "cot"}
+    for path in configs:
+        cpu = load_config(root / path, [])
+        gpu = load_config(root / "cluster" / "configs" / "paper-gpu" / f"{twins[path]}.yaml", [])
+        assert (gpu.sample.method, gpu.task_name, gpu.sample.filter.kind) == (cpu.sample.method, cpu.task_name, cpu.sample.filter.kind)
+        assert gpu.train.use_gpu and gpu.sample.actors.num_gpus == 1 and gpu.output_dir.startswith("s3://")
+        assert "Probed on the TRAIN split" in (root / path).read_text() or path == "configs/demo.yaml"
