@@ -93,7 +93,7 @@ def plot(entries: list[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     names = labels()
-    fig, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 4.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(entries), figsize=(max(7.0, 4.2 * len(entries)), 5.0), squeeze=False, sharey=True)
     for ax, e in zip(axes[0], entries):
         keys = [k for k in names if (e["systems"].get(k) or {}).get("accuracy") is not None]
         acc = [e["systems"][k]["accuracy"] * 100 for k in keys]
@@ -107,8 +107,8 @@ def plot(entries: list[dict[str, Any]]) -> bytes:
         ax.set_title(f"{e['method']} on {e['task']}", fontsize=10)
         ax.set_ylim(0, 100)
     axes[0][0].set_ylabel("accuracy % (95% CI)")
-    fig.suptitle(f"System 2 distillation, {entries[0]['model']}: accuracy and mean generated tokens "
-                 "((b.): the paper's baselines)")
+    fig.suptitle(f"System 2 distillation, {entries[0]['model']}\naccuracy and mean generated tokens "
+                 "((b.): the paper's baselines)", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

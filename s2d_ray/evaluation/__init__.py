@@ -163,7 +163,7 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
             if "system1" in part:
                 subsets[f"{column}={value}"]["delta"] = _delta(part["system1"], part["distilled"], cfg.data.seed)
     broader: dict[str, Any] = {}
-    for task in cfg.eval.broader_tasks:
+    for task in cfg.eval.broader_tasks if cfg.eval.base else []:
         job = f"broader:{task}"
         broader[task] = _delta(_by_job(base, job), _by_job(dist, job), cfg.data.seed)
     report = {
