@@ -3,8 +3,8 @@ two baselines, in one table (runs/paper/table.md, .json, .png).
 
 For each config: its own run (``s2d run``: System 1, System 2, distilled System 1, broader
 deltas, in the config's ``output_dir``), then the baselines as overrides of the same config, in
-``<output_dir>-<baseline>``: "Distill System 1" (``sample.method=direct``: the model's own
-System 1 answers, self-consistency filtered) and "no filter" (``sample.filter.kind=none``: the
+``<output_dir>-<baseline>``: "Distill System 1" (``sample.method=direct`` on the method's
+System 1 prompts, ``sample.system1_of``: the model's own answers, self-consistency filtered) and "no filter" (``sample.filter.kind=none``: the
 System 2 answers unfiltered). Baseline runs evaluate only their distilled model
 (``eval.base=false``). Every run resumes, so a stopped ``make paper`` continues where it was.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from s2d_ray.outputs import OutputDir
 
-BASELINES: dict[str, tuple[str, list[str]]] = {
-    "distill_system1": ("Distill System 1 (baseline)", ["sample.method=direct"]),  # + system1_of=<method>
+BASELINES: dict[str, tuple[str, list[str]]] = {  # overrides; {method}: the config's sample.method
+    "distill_system1": ("Distill System 1 (baseline)", ["sample.method=direct", "sample.system1_of={method}"]),
     "no_filter": ("Distilled, no filter (baseline)", ["sample.filter.kind=none"]),
 }
 SYSTEMS = {"system1": "System 1", "system2": "System 2", "distilled": "Distilled System 1"}
@@ -84,7 +84,7 @@ def format_table(entries: list[dict[str, Any]]) -> str:
 
 
 def plot(entries: list[dict[str, Any]]) -> bytes:
-    """PNG: one panel per method, accuracy (95% CI) of each system, mean generated tokens on the bars."""
+    """PNG: one panel per method, accuracy (95% CI) of each system, its mean generated tokens in the label."""
     import io
 
     import matplotlib
@@ -129,8 +129,7 @@ def paper(configs: list[str], out_dir: str, sets: list[str]) -> list[dict[str, A
         baselines = {}
         for key, (label, overrides) in BASELINES.items():
             print(f"\n##### s2d paper: {path}, {label}", flush=True)
-            if key == "distill_system1":  # the System 1 prompts of the method (bsm: the judging prompt)
-                overrides = [*overrides, f"sample.system1_of={cfg.sample.method}"]
+            overrides = [o.format(method=cfg.sample.method) for o in overrides]
             base_cfg = load_config(path, [*sets, f"output_dir={cfg.output_dir}-{key}", *overrides, "eval.base=false"])
             baselines[key] = run(base_cfg)
         entries.append(_entry(Path(path).stem, report, baselines))

@@ -81,8 +81,13 @@ def _score(rows: list[dict[str, Any]], specs: dict[str, StageSpec]) -> list[dict
         text = r["samples"][0]["text"] if spec.method == "direct" else (r["target"] or "")
         r["verdict"] = (task.extract(text) if task else None) if spec.method == "direct" else r["target"]
         if r["answer"] is not None and task is not None:
-            r["correct"] = task.is_correct(text, {**r["meta_d"], "input": r["input"], "answer": r["answer"]})
+            r["correct"] = task.is_correct(text, _gold(r))
     return rows
+
+
+def _gold(r: dict[str, Any]) -> dict[str, Any]:
+    """What a task scorer reads of a scored row: its input, answer and metadata (aliases, wrong)."""
+    return {**r["meta_d"], "input": r["input"], "answer": r["answer"]}
 
 
 def _majority_at(rows: list[dict[str, Any]], k: int, task: TaskSpec) -> dict[str, Any]:
@@ -94,8 +99,7 @@ def _majority_at(rows: list[dict[str, Any]], k: int, task: TaskSpec) -> dict[str
             continue
         first = r["samples"][:k]
         answer, _, _ = majority_vote([Sample(s["answer"]) for s in first], task.answers)
-        correct = None if r["answer"] is None else (
-            answer is not None and task.is_correct(answer, {**r["meta_d"], "input": r["input"], "answer": r["answer"]}))
+        correct = None if r["answer"] is None else (answer is not None and task.is_correct(answer, _gold(r)))
         scored.append({"status": r["status"], "correct": correct, "generated_tokens": sum(s["tokens"] for s in first)})
     return summarize(scored)
 
