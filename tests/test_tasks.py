@@ -540,3 +540,6 @@ def test_pairwise_splits_by_fact_and_scores_a_verdict():
     assert task.spec.is_correct("B", row)
     assert not task.spec.is_correct("A", row) and not task.spec.is_correct("tie", row)
     assert task.spec.instruction == "Answer with just one of: A, B."
+    assert {r["category"] for r in task.generate(20, seed=0, categories="arithmetic")} == {"arithmetic"}
+    with pytest.raises(S2DError, match=r"task pairwise: unknown categories \['poetry'\]"):
+        task.generate(5, seed=0, categories=["capital", "poetry"])

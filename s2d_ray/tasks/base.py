@@ -39,6 +39,19 @@ class Task(ABC):
         return self.spec.is_correct(text, row)
 
 
+def choose(params: dict[str, Any], key: str, known: list[str], task: str) -> list[str]:
+    """The values of list parameter ``key`` (a string is one value; default: all ``known``); a
+    clear error naming ``task`` for an unknown one."""
+    from s2d_ray.errors import S2DError
+
+    chosen = params.get(key) or known
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    unknown = set(chosen) - set(known)
+    if unknown:
+        raise S2DError(f"task {task}: unknown {key} {sorted(unknown)}; known: {known}")
+    return chosen
+
+
 def pick(rng: random.Random, pool: list[Any], n: int, what: str) -> list[Any]:
     """``n`` distinct items of ``pool`` in a seeded order; a clear error if there are too few."""
     from s2d_ray.errors import S2DError

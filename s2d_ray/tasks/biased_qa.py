@@ -19,7 +19,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from s2d_ray.tasks.base import Split, Task, pick, split_of
+from s2d_ray.tasks.base import Split, Task, choose, pick, split_of
 from s2d_ray.tasks.spec import TaskSpec
 
 PHRASINGS: dict[str, tuple[str, ...]] = {
@@ -97,17 +97,6 @@ def load_facts() -> tuple[Fact, ...]:
     ) + arithmetic_facts()
 
 
-def _choice(params: dict[str, Any], key: str, known: list[str]) -> list[str]:
-    chosen = params.get(key) or known
-    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
-    unknown = set(chosen) - set(known)
-    if unknown:
-        from s2d_ray.errors import S2DError
-
-        raise S2DError(f"task biased_qa: unknown {key} {sorted(unknown)}; known: {known}")
-    return chosen
-
-
 def _phrasing(variant: str, which: str, rng: random.Random) -> int:
     """Index of a phrasing of ``variant`` from the ``which`` set (the plain question has one)."""
     count = len(PHRASINGS[variant])
@@ -127,14 +116,14 @@ class BiasedQA(Task):
         """Params: ``variants`` and ``categories`` (lists; default all), ``phrasings``: seen
         (the train phrasings; the train split's only choice), unseen or all (the default of the
         test and all splits)."""
-        variants = _choice(params, "variants", list(VARIANTS))
+        variants = choose(params, "variants", list(VARIANTS), self.name)
         phrasings = params.get("phrasings") or ("seen" if split == "train" else "all")
         if phrasings not in PHRASING_SETS or (split == "train" and phrasings != "seen"):
             from s2d_ray.errors import S2DError
 
             allowed = ["seen"] if split == "train" else list(PHRASING_SETS)
             raise S2DError(f"task biased_qa: phrasings={phrasings!r} for the {split} split; allowed: {allowed}")
-        categories = _choice(params, "categories", sorted({f.category for f in load_facts()}))
+        categories = choose(params, "categories", sorted({f.category for f in load_facts()}), self.name)
         facts = [f for f in load_facts() if f.category in categories and (split == "all" or split_of(f.fact_id) == split)]
         pool = [(f, v) for f in facts for v in variants]
         rows = []

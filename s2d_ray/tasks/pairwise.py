@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from s2d_ray.tasks.base import Split, Task, pick, split_of
+from s2d_ray.tasks.base import Split, Task, choose, pick, split_of
 from s2d_ray.tasks.biased_qa import load_facts
 from s2d_ray.tasks.spec import TaskSpec
 
@@ -39,10 +39,8 @@ class Pairwise(Task):
 
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         """Params: ``categories`` (biased_qa's fact categories, default all)."""
-        categories = params.get("categories")
-        categories = [categories] if isinstance(categories, str) else categories
-        facts = [f for f in load_facts() if (not categories or f.category in categories)
-                 and (split == "all" or split_of(f.fact_id) == split)]
+        categories = choose(params, "categories", sorted({f.category for f in load_facts()}), self.name)
+        facts = [f for f in load_facts() if f.category in categories and (split == "all" or split_of(f.fact_id) == split)]
         pool = [(f, order) for f in facts for order in ("ab", "ba")]
         rows = []
         for fact, order in pick(random.Random(f"{self.name}-{seed}"), pool, n, self.name):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from s2d_ray.errors import S2DError
-from s2d_ray.tasks.base import Split, Task, split_of
+from s2d_ray.tasks.base import Split, Task, choose, split_of
 from s2d_ray.tasks.spec import TaskSpec
 from s2d_ray.tasks.synthetic import FIRST_NAMES
 
@@ -90,11 +90,7 @@ class WordProblems(Task):
 
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         """Params: ``templates`` (names, default all)."""
-        chosen = params.get("templates") or [t.name for t in TEMPLATES]
-        chosen = [chosen] if isinstance(chosen, str) else list(chosen)
-        unknown = set(chosen) - {t.name for t in TEMPLATES}
-        if unknown:
-            raise S2DError(f"task {self.name}: unknown templates {sorted(unknown)}; known: {[t.name for t in TEMPLATES]}")
+        chosen = choose(params, "templates", [t.name for t in TEMPLATES], self.name)
         templates = [t for t in TEMPLATES if t.name in chosen]
         rng = random.Random(f"{self.name}-{seed}")
         rows: list[dict[str, Any]] = []
