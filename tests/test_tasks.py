@@ -530,6 +530,19 @@ def test_pairwise_pairs_come_in_both_orders_with_the_right_label():
     assert {r["length_bias"] for r in rows} == {"same", "wrong_longer"}
 
 
+def test_pairwise_any_n_rows_hold_both_orders_of_n_over_2_pairs():
+    """The swap metric needs both orders of a pair among the rows drawn, whatever n is."""
+    for n in (7, 48):
+        rows = Pairwise().generate(n, seed=3, split="test")
+        orders = Counter(r["pair_id"] for r in rows)
+        assert len(rows) == n and sum(1 for c in orders.values() if c == 2) == n // 2
+    assert [r["id"] for r in Pairwise().generate(6, seed=3, split="test")] == [r["id"] for r in rows[:6]]  # n is a prefix
+    first, second = Pairwise().generate(2, seed=0)
+    assert first["pair_id"] == second["pair_id"] and (first["order"], second["order"]) == ("ab", "ba")
+    with pytest.raises(S2DError, match=r"task pairwise: asked for \d+ rows but only \d+ distinct inputs \(both orders"):
+        Pairwise().generate(2 * N_FACTS + 1, seed=0, split="all")
+
+
 def test_pairwise_splits_by_fact_and_scores_a_verdict():
     task = Pairwise()
     train = task.generate(100, seed=0, split="train")

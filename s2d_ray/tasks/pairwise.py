@@ -2,10 +2,11 @@
 the label is the better one, A or B. The Branch-Solve-Merge setting (Saha et al. 2023).
 
 Built from biased_qa's facts (each gives a right and a plausible wrong answer). Every pair
-appears in both orders (rows ``...-ab`` with the right response first, ``...-ba`` second) and
-both orders of a fact share ``pair_id``, so position consistency ("% inconsistent under swap")
-can be measured. In half of the pairs (by fact) the wrong response is the longer, confident one,
-a length bias for the judge to resist. Facts decide the split, so no pair leaks.
+appears in both orders, next to each other (rows ``...-ab`` with the right response first,
+``...-ba`` second, sharing ``pair_id``), so any ``n`` rows measure position consistency
+("% inconsistent under swap") on ``n // 2`` pairs. In half of the pairs (by fact) the wrong
+response is the longer, confident one, a length bias for the judge to resist. Facts decide the
+split, so no pair leaks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from s2d_ray.errors import S2DError
 from s2d_ray.tasks.base import Split, Task, choose, pick, split_of
 from s2d_ray.tasks.biased_qa import load_facts
 from s2d_ray.tasks.spec import TaskSpec
@@ -41,9 +43,13 @@ class Pairwise(Task):
         """Params: ``categories`` (biased_qa's fact categories, default all)."""
         categories = choose(params, "categories", sorted({f.category for f in load_facts()}), self.name)
         facts = [f for f in load_facts() if f.category in categories and (split == "all" or split_of(f.fact_id) == split)]
-        pool = [(f, order) for f in facts for order in ("ab", "ba")]
+        if n > 2 * len(facts):
+            raise S2DError(f"task {self.name}: asked for {n} rows but only {2 * len(facts)} distinct inputs "
+                           f"(both orders of {len(facts)} pairs) exist in this split")
+        # Both orders of each picked pair, side by side: any n rows measure the swap on n // 2 pairs.
+        picked = pick(random.Random(f"{self.name}-{seed}"), facts, (n + 1) // 2, self.name)
         rows = []
-        for fact, order in pick(random.Random(f"{self.name}-{seed}"), pool, n, self.name):
+        for fact, order in [(f, order) for f in picked for order in ("ab", "ba")][:n]:
             right, wrong, bias = _responses(fact.fact_id, fact.answer, fact.wrong)
             a, b = (right, wrong) if order == "ab" else (wrong, right)
             rows.append({
