@@ -4,9 +4,10 @@ two baselines, in one table (runs/paper/table.md, .json, .png).
 For each config: its own run (``s2d run``: System 1, System 2, distilled System 1, broader
 deltas, in the config's ``output_dir``), then the baselines as overrides of the same config, in
 ``<output_dir>-<baseline>``: "Distill System 1" (``sample.method=direct`` on the method's
-System 1 prompts, ``sample.system1_of``: the model's own answers, self-consistency filtered) and "no filter" (``sample.filter.kind=none``: the
-System 2 answers unfiltered). Baseline runs evaluate only their distilled model
-(``eval.base=false``). Every run resumes, so a stopped ``make paper`` continues where it was.
+System 1 prompts, ``sample.system1_of``: the model's own answers, self-consistency filtered)
+and "no filter" (``sample.filter.kind=none``: the System 2 answers unfiltered). Baseline runs
+evaluate only their distilled model (``eval.base=false``). Every run resumes, so a stopped
+``make paper`` continues where it was.
 """
 
 from __future__ import annotations
