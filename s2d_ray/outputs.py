@@ -7,11 +7,11 @@ leaves a half-written file that a resumed run would trust.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -69,7 +69,7 @@ class OutputDir:
         if not self.exists(subdir):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(subdir), recursive=False))
-        return sorted(i.path for i in infos if i.is_file and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+        return sorted(i.path for i in infos if i.is_file and i.base_name.endswith(suffix) and not i.base_name.startswith((".", "_")))
 
     def write_table(self, table: pa.Table, *parts: str) -> str:
         """Write ``table`` as Parquet at ``parts`` atomically (temp name, then rename)."""
@@ -99,52 +99,37 @@ class OutputDir:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_text(*parts))
 
-    def read_tables(self, subdir: str, columns: list[str] | None = None) -> pa.Table:
-        """All Parquet files in ``subdir`` concatenated (empty table with the schema if none)."""
-        tables = [pq.read_table(p, filesystem=self.fs, columns=columns) for p in self.files(subdir)]
-        if not tables:
-            schema = RESULT_SCHEMA if columns is None else pa.schema([RESULT_SCHEMA.field(c) for c in columns])
-            return schema.empty_table()
-        return pa.concat_tables(tables, promote_options="default")
-
     def remove(self, subdir: str) -> None:
         if self.exists(subdir):
             self.fs.delete_dir(self.path(subdir))
 
 
-class ShardWriter:
-    """Writes result rows as numbered atomic Parquet shards (by default one per engine batch,
-    so an interrupted run keeps every finished batch)."""
-
-    def __init__(self, out: OutputDir, subdir: str, run_id: str, flush_rows: int = 1) -> None:
-        self.out, self.subdir, self.run_id, self.flush_rows = out, subdir, run_id, flush_rows
-        self.buffer: list[pa.Table] = []
-        self.buffered = 0
-        self.shards = 0
-
-    def add(self, table: pa.Table) -> None:
-        self.buffer.append(table)
-        self.buffered += table.num_rows
-        if self.buffered >= self.flush_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffered:
-            return
-        table = pa.concat_tables(self.buffer)
-        self.out.write_table(table, self.subdir, f"part-{self.run_id}-{self.shards:05d}.parquet")
-        self.shards += 1
-        self.buffer, self.buffered = [], 0
+MANIFEST = "_manifest.json"  # "_": skipped by pyarrow, Spark and Ray when they read the directory
 
 
-def write_derived(out: OutputDir, tables: Iterable[pa.Table] | None = None) -> tuple[int, int]:
-    """Rebuild distill/ and rejected/ from every file in samples/. Returns their row counts."""
-    results = out.read_tables("samples") if tables is None else pa.concat_tables(list(tables))
-    kept = results.filter(pc.equal(results["status"], "kept"))
-    kept = kept.select(DISTILL_COLUMNS).set_column(
-        DISTILL_COLUMNS.index("input"), "input", kept["system1_input"]
-    )
-    rejected = results.filter(pc.equal(results["status"], "rejected")).select(REJECTED_COLUMNS)
-    out.write_table(kept, "distill", "part-00000.parquet")
-    out.write_table(rejected, "rejected", "part-00000.parquet")
-    return kept.num_rows, rejected.num_rows
+def read_manifest(out: OutputDir, subdir: str) -> dict[str, Any] | None:
+    """The manifest a stage wrote beside its output (None if it has none)."""
+    return out.read_json(subdir, MANIFEST) if out.exists(subdir, MANIFEST) else None
+
+
+def write_manifest(out: OutputDir, subdir: str, **fields: Any) -> dict[str, Any]:
+    """A stage's lineage beside its output: its config hash, its parent's, counts, its files."""
+    manifest = {"stage": subdir, **fields, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out.write_text(json.dumps(manifest, indent=2), subdir, MANIFEST)
+    return manifest
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run_files(out: OutputDir, subdir: str, run_id: str) -> list[str]:
+    return [f for f in out.files(subdir) if f.rsplit("/", 1)[-1].startswith(f"part-{run_id}-")]
+
+
+def manifest_files(out: OutputDir, subdir: str) -> list[str]:
+    """The files of a derived directory's current version (its manifest names them)."""
+    manifest = read_manifest(out, subdir)
+    if manifest is None:
+        return []
+    return [out.path(subdir, name) for name in manifest["files"]]

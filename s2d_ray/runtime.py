@@ -53,6 +53,22 @@ def require_shared(name: str, location: str, hosts: set[str] | None = None) -> N
     )
 
 
+# Ray Data's tasks around the engine (read and validate, screen, tag, score) are light: half a
+# CPU each; the writes, which drain the engine actors, ask for none, so they always run. At a
+# whole CPU each, on a 2-core node, a screening task and the engine actor held both cores while
+# the writes waited for one: the pipeline stalled with every finished batch unwritten. (At a
+# quarter CPU, Ray started up to eight worker processes per stage, ~1 s of CPU each.)
+LIGHT_CPUS = 0.5
+
+
+def write_options() -> dict[str, Any]:
+    """``write_datasink`` options: no CPU asked, and at most one write task per cluster CPU at a
+    time (without a cap, Ray Data ran 21 writes at once on 2 cores, a worker process each)."""
+    import ray
+
+    return {"ray_remote_args": {"num_cpus": 0}, "concurrency": max(1, int(ray.cluster_resources().get("CPU", 1)))}
+
+
 def thread_options(cpu_threads: int | None) -> dict[str, Any]:
     """Ray actor options that give a CPU engine ``cpu_threads`` compute threads (Ray would
     otherwise pin OMP_NUM_THREADS to the actor's num_cpus); none when unset."""

@@ -97,3 +97,13 @@ def small_engine(loop):
     engine = Engine("smollm2-135m-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1))
     yield engine
     engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for a module's Ray Data tests (shut down after the module)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

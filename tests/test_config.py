@@ -128,10 +128,26 @@ def test_overrides_change_the_stage_hash(base):
     other = load_config(base, ["sample.n_samples=5"])
     assert cfg.stage_hash("sample") == load_config(base).stage_hash("sample")
     assert cfg.stage_hash("sample") != other.stage_hash("sample")
-    # Excluded (placement-only) keys do not change it.
-    moved = load_config(base, ["sample.actors.batch_size=2"])
-    assert cfg.stage_hash("sample") != moved.stage_hash("sample")
-    assert cfg.stage_hash("sample", exclude=("actors",)) == moved.stage_hash("sample", exclude=("actors",))
+
+PLACEMENT_ONLY = ["sample.actors.batch_size=2", "sample.actors.max_actors=8", "sample.actors.num_gpus=1",
+                  "sample.actors.rows_per_file=1000", "sample.engine.gpu_memory_utilization=0.5",
+                  "sample.engine.max_num_seqs=16", "sample.engine.cpu_kv_cache_gib=6", "sample.engine.enforce_eager=false",
+                  "train.num_workers=8", "train.use_gpu=true", "train.cpus_per_worker=4", "train.max_failures=0"]
+
+
+@pytest.mark.parametrize("override", PLACEMENT_ONLY)
+def test_placement_settings_never_enter_a_stage_hash(base, override):
+    """A run resumed on a differently sized cluster continues instead of refusing."""
+    cfg, moved = load_config(base), load_config(base, [override])
+    for section in ("sample", "train", "eval"):
+        assert cfg.stage_hash(section) == moved.stage_hash(section), (override, section)
+
+
+@pytest.mark.parametrize("override", ["sample.temperature=0.1", "sample.engine.max_model_len=512", "sample.engine.seed=3",
+                                      "sample.engine.dtype=float32", "train.micro_batch_size=1", "train.learning_rate=0.1"])
+def test_settings_that_change_results_do_enter_it(base, override):
+    cfg, other = load_config(base), load_config(base, [override])
+    assert cfg.stage_hash("sample", "train") != other.stage_hash("sample", "train")
 
 
 @pytest.mark.parametrize(

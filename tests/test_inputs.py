@@ -11,7 +11,8 @@ from s2d_ray.errors import S2DError
 from s2d_ray.inputs import (
     DEFAULT_TASK_ROWS,
     INPUT_SCHEMA,
-    parse_jsonl_file,
+    parse_jsonl,
+    read_inputs,
     stable_id,
     task_rows,
     validate_record,
@@ -145,7 +146,7 @@ def test_non_object_rows(obj, typename):
 
 
 def _parse(data: bytes, path: str = "/data/in.jsonl"):
-    return parse_jsonl_file({"path": path, "bytes": data})
+    return parse_jsonl(data, path)
 
 
 def test_parse_good_file():
@@ -226,14 +227,14 @@ def test_validated_rows_fit_the_input_schema():
 def test_validate_table_sources_and_rejects():
     batch = pa.Table.from_pylist(
         [
-            {"id": "a", "input": "q1", "answer": "x", "path": "/d/f.parquet"},
-            {"id": "b", "input": "", "answer": None, "path": "/d/f.parquet"},
+            {"id": "a", "input": "q1", "answer": "x"},
+            {"id": "b", "input": "", "answer": None},
         ]
     )
-    out = validate_table(batch)
+    out = validate_table(batch, "/d/f.parquet", first_row=7)
     assert out.schema == INPUT_SCHEMA
     rows = out.to_pylist()
-    assert [r["source"] for r in rows] == ["/d/f.parquet#0", "/d/f.parquet#1"]
+    assert [r["source"] for r in rows] == ["/d/f.parquet#7", "/d/f.parquet#8"]
     assert rows[0]["reject_reason"] is None
     assert "'input'" in rows[1]["reject_reason"]
     assert json.loads(rows[0]["meta"]) == {}  # the path column is not user metadata
@@ -261,3 +262,42 @@ def test_task_rows_are_validated_with_meta():
 
 def test_task_rows_default_to_a_fixed_count():
     assert len(task_rows("task:biased_qa", None, seed=0, split="train")) == DEFAULT_TASK_ROWS
+
+
+# --------------------------------------------------------------------------- parallel reads (Ray Data)
+
+MIXED = [b'{"id": "a", "input": "q1"}', b"", b"   \t", b'{"input": "q2"}', b'\xff\xfe{"input": "bad"}', b'{"input": ',
+         b"[1, 2, 3]", b'{"id": "b"}', b'{"id": 12, "input": "q3 ' + b"x" * 50 + b'", "extra": true}\r',
+         b'{"id": "a", "input": "a duplicate"}', b'{"input": "no newline at the end"}']
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16, 50, 10_000])
+def test_jsonl_split_across_read_tasks_reads_every_line_once_with_its_number(tmp_path, local_ray, chunk):
+    path = tmp_path / "in.jsonl"
+    data = b"\n".join(MIXED)
+    path.write_bytes(data)
+    whole = parse_jsonl(data, str(path))
+    rows = sorted(read_inputs(str(path), chunk_bytes=chunk).take_all(), key=lambda r: r["seq"])
+    assert rows == whole and len(rows) == 9
+    for n in (1, 4, 9, 20):  # data.n_train: the same first n rows however the file is split
+        first = sorted(read_inputs(str(path), n=n, chunk_bytes=chunk).take_all(), key=lambda r: r["seq"])
+        assert first == whole[:n]
+
+
+def test_parquet_split_by_row_group_names_each_row(tmp_path, local_ray):
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{"id": str(i), "input": f"q{i}" if i % 5 else ""} for i in range(100)])
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=7)
+    rows = sorted(read_inputs(str(tmp_path / "in.parquet")).take_all(), key=lambda r: r["seq"])
+    assert [r["source"] for r in rows] == [f"{tmp_path}/in.parquet#{i}" for i in range(100)]
+    assert sum(r["reject_reason"] is not None for r in rows) == 20
+    assert [r["id"] for r in sorted(read_inputs(str(tmp_path / "in.parquet"), n=10).take_all(), key=lambda r: r["seq"])] == [
+        str(i) for i in range(10)]
+
+
+def test_a_directory_of_files_is_read_in_path_order(tmp_path, local_ray):
+    (tmp_path / "b.jsonl").write_text('{"id": "x", "input": "from b"}\n')
+    (tmp_path / "a.jsonl").write_text('{"id": "x", "input": "from a"}\n')
+    rows = sorted(read_inputs(str(tmp_path)).take_all(), key=lambda r: r["seq"])
+    assert [r["source"] for r in rows] == [f"{tmp_path}/a.jsonl:1", f"{tmp_path}/b.jsonl:1"]

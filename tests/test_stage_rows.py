@@ -1,5 +1,5 @@
 """The per-row runner of sampling and evaluation (s2d_ray.stage.rows) on a fake async engine:
-result order, a failing row, a dead engine, jobs sharing a batch, busy-time accounting."""
+rows leave as they finish, a failing row, a dead engine, jobs sharing a batch, busy time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from fakes import Script
 from s2d_ray.errors import EngineDead
-from s2d_ray.stage.rows import BusyClock, process_rows
+from s2d_ray.stage.rows import BusyClock, stream_rows
 from s2d_ray.stage.spec import StageSpec
 
 TASK = {"name": "qa", "answer": "short"}
@@ -26,9 +26,21 @@ def _row(i: int, text: str | None = None, job: str | None = None, reject: str | 
             "source": f"in.jsonl:{i}", "reject_reason": reject, "job": job}
 
 
-def _run(rows, specs, engine, clock=None, max_model_len=1000):
+async def _collect(rows, specs, engine, clock=None, max_model_len=1000, order=None):
+    """Result rows in input order; ``order`` (if given) records the input index of each row as it left."""
     programs = {name: s.program() for name, s in specs.items()}
-    return asyncio.run(process_rows(rows, specs, programs, engine, lambda text: len(text.split()), max_model_len, clock))
+    out = {}
+    async for done in stream_rows(rows, specs, programs, engine, lambda text: len(text.split()), max_model_len, clock):
+        for index, res in done:
+            out[index] = res
+            if order is not None:
+                order.append(index)
+    assert sorted(out) == list(range(len(rows)))  # every row leaves exactly once
+    return [out[i] for i in range(len(rows))]
+
+
+def _run(rows, specs, engine, clock=None, max_model_len=1000, order=None):
+    return asyncio.run(_collect(rows, specs, engine, clock, max_model_len, order))
 
 
 def _reply(prompt, i, call):
@@ -37,11 +49,13 @@ def _reply(prompt, i, call):
     return f"Answer: {len(prompt) % 3}"
 
 
-def test_results_keep_input_order_while_rows_finish_in_any_order():
-    # the first row's calls are slowest: it finishes last, yet its result comes first
+def test_rows_leave_as_they_finish_and_a_slow_one_holds_back_none():
+    # the first row's calls are slowest: the others leave before it, each with its own index
     engine = Script(_reply, delay=lambda p: 0.05 if "0 plus 0" in p else 0.0)
     rows = [_row(i) for i in range(4)]
-    out = _run(rows, {"sample": _spec()}, engine)
+    order: list[int] = []
+    out = _run(rows, {"sample": _spec()}, engine, order=order)
+    assert order[-1] == 0 and sorted(order) == [0, 1, 2, 3]
     assert [r["id"] for r in out] == ["r0", "r1", "r2", "r3"]
     assert all(r["status"] in ("kept", "dropped") and len(r["samples"]) == 2 for r in out)
     assert all(r["generated_tokens"] > 0 and r["latency_s"] > 0 for r in out)
@@ -74,7 +88,9 @@ def test_a_dead_engine_fails_the_whole_batch():
 def test_prechecked_rows_never_reach_the_engine():
     engine = Script(_reply)
     rows = [_row(0, reject="invalid JSON"), _row(1, "word " * 50), _row(2)]
-    out = _run(rows, {"sample": _spec()}, engine, max_model_len=40)
+    order: list[int] = []
+    out = _run(rows, {"sample": _spec()}, engine, max_model_len=40, order=order)
+    assert order == [0, 1, 2]  # refused rows leave first, before any engine call returns
     assert out[0]["status"] == "rejected" and out[0]["reason"] == "invalid JSON"
     assert out[1]["status"] == "rejected" and out[1]["reason"].startswith("input too long: ")
     assert out[2]["status"] != "rejected"
@@ -98,9 +114,7 @@ def test_busy_clock_counts_overlapping_rows_once():
     async def batch(delays):
         specs = {"sample": _spec("rar1", n=1)}
         engine = Script(lambda p, i, c: "Answer: 1", delay=lambda p: delays[int(p.split()[2])])
-        programs = {"sample": specs["sample"].program()}
-        rows = [_row(i) for i in range(len(delays))]
-        return await process_rows(rows, specs, programs, engine, lambda t: 1, 1000, clock)
+        return await _collect([_row(i) for i in range(len(delays))], specs, engine, clock)
 
     async def both():
         return await asyncio.gather(batch([0.2, 0.1]), batch([0.15]))

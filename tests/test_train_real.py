@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from s2d_ray.outputs import OutputDir, write_manifest
+
 from s2d_ray.tasks import get_task
 
 pytestmark = pytest.mark.slow
@@ -31,6 +33,7 @@ def _distill_set(out: Path, n: int = 16) -> None:
                                    "config_hash": "test", "source": "test"} for r in rows])
     (out / "distill").mkdir(parents=True)
     pq.write_table(table, out / "distill" / "part-00000.parquet")
+    write_manifest(OutputDir(str(out)), "distill", config_hash="test", parent="test", rows=n, files=["part-00000.parquet"])
 
 
 def _train(out: Path, *sets: str) -> subprocess.Popen:

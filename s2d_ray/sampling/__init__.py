@@ -8,22 +8,10 @@ from typing import Any
 
 from s2d_ray.config import RunConfig
 from s2d_ray.inputs import read_inputs
-from s2d_ray.outputs import OutputDir, write_derived
+from s2d_ray.datasets import write_derived
+from s2d_ray.outputs import OutputDir
 from s2d_ray.runtime import init_ray
 from s2d_ray.stage import run_stage, sample_spec
-from s2d_ray.tasks.spec import TaskSpec
-
-
-def kept_accuracy(out: OutputDir, task: TaskSpec | None) -> tuple[int, int] | None:
-    """(correct, total) of kept targets against ground truth, for the report only."""
-    if task is None:
-        return None
-    table = out.read_tables("samples", columns=["status", "input", "target", "answer", "meta"])
-    rows = [r for r in table.to_pylist() if r["status"] == "kept" and r["answer"] is not None]
-    if not rows:
-        return None
-    correct = sum(task.is_correct(r["target"], {**json.loads(r["meta"]), "input": r["input"], "answer": r["answer"]}) for r in rows)
-    return correct, len(rows)
 
 
 def sample(cfg: RunConfig) -> dict[str, Any]:
@@ -33,24 +21,25 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
     spec = sample_spec(cfg)
     ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")
     stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples")
-    n_kept, n_rejected = write_derived(out)
-    total = out.read_tables("samples", columns=["status"])["status"].to_pylist()
-    valid = sum(s != "rejected" for s in total)
+    counts = write_derived(out, spec.config_hash, cfg.task_spec)
+    total = sum(counts.get(s, 0) for s in ("kept", "dropped", "rejected"))
+    n_kept, n_rejected = counts.get("kept", 0), counts.get("rejected", 0)
+    valid = total - n_rejected
     summary = {
         "model": cfg.model,
         "method": spec.method,
         "n_samples": spec.n_samples,
         "config_hash": spec.config_hash,
-        "inputs": len(total),
+        "inputs": total,
         "valid_inputs": valid,
         "kept": n_kept,
         "kept_fraction": round(n_kept / valid, 4) if valid else 0.0,
         "rejected": n_rejected,
         "this_run": stats.as_dict(),
     }
-    acc = kept_accuracy(out, cfg.task_spec)
-    if acc:
-        summary["kept_target_accuracy"] = {"correct": acc[0], "kept_with_answer": acc[1], "accuracy": round(acc[0] / acc[1], 4)}
+    if counts.get("kept_with_answer"):  # ground truth of kept targets: for the report only, never for distillation
+        right, labelled = counts["kept_correct"], counts["kept_with_answer"]
+        summary["kept_target_accuracy"] = {"correct": right, "kept_with_answer": labelled, "accuracy": round(right / labelled, 4)}
     out.write_text(json.dumps(summary, indent=2), "samples_summary.json")
     return summary
 

@@ -1,15 +1,19 @@
 """The Ray Data actor UDF: one async vLLM engine per actor, every row its own coroutine.
 
 Ray Data calls ``__call__`` for up to ``max_concurrent_batches`` batches at once on the actor's
-event loop; their rows all share the engine's continuous batching.
+event loop; their rows all share the engine's continuous batching. ``__call__`` yields rows as
+they finish (aligned by ``id``, as ray.data.llm's vLLM stage yields rows by index). Ray Data
+2.60 collects an async UDF's yields per batch before passing them on (plan_udf_map_op.py:
+"Async generator is unrolled inside the task"), so a batch leaves the actor when its slowest
+row is done, and the other batches on the actor are not held back by it: keep batches small
+and the concurrent batches many.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pyarrow as pa
 
@@ -18,7 +22,7 @@ from s2d_ray.engine import Engine
 from s2d_ray.errors import EngineDead
 from s2d_ray.outputs import RESULT_SCHEMA
 from s2d_ray.programs.base import user
-from s2d_ray.stage.rows import BusyClock, process_rows
+from s2d_ray.stage.rows import BusyClock, stream_rows
 from s2d_ray.stage.spec import StageSpec
 
 
@@ -43,21 +47,20 @@ class ProgramStage:
     def _prompt_tokens(self, text: str) -> int:
         return len(self.engine.chat_ids(user(text)))
 
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.perf_counter()
+    async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
+        jobs: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         try:
-            rows = await process_rows(batch.to_pylist(), self.specs, self.programs, self.engine.complete,
-                                      self._prompt_tokens, self.max_model_len, self.clock)
+            async for done in stream_rows(batch.to_pylist(), self.specs, self.programs, self.engine.complete,
+                                          self._prompt_tokens, self.max_model_len, self.clock):
+                rows = [row for _, row in done]
+                for r in rows:
+                    counts = jobs[r["job"] or next(iter(self.specs))]
+                    counts[0], counts[1] = counts[0] + 1, counts[1] + r["generated_tokens"]
+                yield pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
         except EngineDead as e:
             # Every row on this engine would fail: end the actor, so Ray Data starts a new one and
             # retries its batches there (as after a lost node), and nothing finished is lost.
             print(f"[s2d] {e}; restarting this engine actor", flush=True)
             os._exit(1)
-        elapsed = time.perf_counter() - start
-        jobs: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for r in rows:
-            counts = jobs[r["job"] or next(iter(self.specs))]
-            counts[0], counts[1] = counts[0] + 1, counts[1] + r["generated_tokens"]
         for job, (n, tokens) in jobs.items():
-            print(f"[s2d] {job}: {n} rows, {tokens} tokens in {elapsed:.1f}s", flush=True)
-        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+            print(f"[s2d] {job}: {n} rows, {tokens} tokens", flush=True)

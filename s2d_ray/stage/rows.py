@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from s2d_ray.answers import AnswerSpec
 from s2d_ray.engine import Sampling
@@ -70,8 +70,8 @@ def _result(row: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
     }
 
 
-async def _run_row(res: dict[str, Any], spec: StageSpec, program: Program, item: dict[str, Any], complete: Complete,
-                   clock: BusyClock) -> None:
+async def _run_row(index: int, res: dict[str, Any], spec: StageSpec, program: Program, item: dict[str, Any],
+                   complete: Complete, clock: BusyClock) -> tuple[int, dict[str, Any]]:
     """One row's program and filter; its own failure is recorded on it, an engine's death raised."""
     clock.enter()
     start = time.perf_counter()
@@ -81,7 +81,7 @@ async def _run_row(res: dict[str, Any], spec: StageSpec, program: Program, item:
         raise
     except Exception as e:  # noqa: BLE001 - a row's failure must not fail its batch
         res["reason"] = f"{type(e).__name__}: {e}"
-        return
+        return index, res
     finally:
         res["latency_s"] = time.perf_counter() - start
         clock.exit()
@@ -89,9 +89,10 @@ async def _run_row(res: dict[str, Any], spec: StageSpec, program: Program, item:
     res["generated_tokens"] = sum(s.tokens for s in samples)
     res["target"], res["agreement"], res["reason"] = decision.target, decision.agreement, decision.reason
     res["status"] = ("kept" if decision.kept else "dropped") if spec.filter else "answered"
+    return index, res
 
 
-async def process_rows(
+async def stream_rows(
     rows: list[dict[str, Any]],
     specs: dict[str, StageSpec],
     programs: dict[str, Program],
@@ -99,32 +100,44 @@ async def process_rows(
     prompt_tokens: Callable[[str], int],
     max_model_len: int,
     clock: BusyClock | None = None,
-) -> list[dict[str, Any]]:
-    """Result rows (RESULT_SCHEMA), in input order, for validated input rows. Each row names its
-    job (spec) in ``job``; rows without one use the first spec. All rows run concurrently."""
+) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+    """Lists of ``(index in rows, result row)`` (RESULT_SCHEMA) for validated input rows: each
+    list the rows done since the last (rows refused before the engine first), as ray.data.llm's
+    vLLM stage yields rows by index. Each row names its job (spec) in ``job``; rows without one
+    use the first spec. All rows run concurrently. A finished row's ``busy_s`` is its share of
+    the engine's busy time not yet handed out, so the rows of a stage add up to its busy time."""
     clock = clock or BusyClock()
     default = next(iter(specs))
-    out, runs = [], []
-    for row in rows:
+    runs: set[asyncio.Future] = set()
+    refused: list[tuple[int, dict[str, Any]]] = []
+    for index, row in enumerate(rows):
         job = row.get("job") or default
         spec, program = specs[job], programs[job]
         res = _result(row, spec)
-        out.append(res)
+        if not res["reason"]:
+            item = {"id": row["id"], "input": row["input"], "answer": row.get("answer"), "meta": json.loads(res["meta"])}
+            try:
+                res["system1_input"] = program.system1_input(item)
+            except ValueError as e:
+                res["reason"] = f"{spec.method}: {e}"
+        if not res["reason"]:
+            n_prompt = prompt_tokens(res["system1_input"])
+            if n_prompt + spec.max_tokens > max_model_len:
+                res["reason"] = f"input too long: {n_prompt} prompt tokens + max_tokens {spec.max_tokens} > max_model_len {max_model_len}"
         if res["reason"]:
+            refused.append((index, res))
             continue
-        item = {"id": row["id"], "input": row["input"], "answer": row.get("answer"), "meta": json.loads(res["meta"])}
-        try:
-            res["system1_input"] = program.system1_input(item)
-        except ValueError as e:
-            res["reason"] = f"{spec.method}: {e}"
-            continue
-        n_prompt = prompt_tokens(res["system1_input"])
-        if n_prompt + spec.max_tokens > max_model_len:
-            res["reason"] = f"input too long: {n_prompt} prompt tokens + max_tokens {spec.max_tokens} > max_model_len {max_model_len}"
-            continue
-        runs.append((res, _run_row(res, spec, program, item, complete, clock)))
-    await asyncio.gather(*(run for _, run in runs))
-    share = clock.take() / len(runs) if runs else 0.0
-    for res, _ in runs:
-        res["busy_s"] = share
-    return out
+        runs.add(asyncio.ensure_future(_run_row(index, res, spec, program, item, complete, clock)))
+    if refused:
+        yield refused
+    try:
+        while runs:
+            finished, runs = await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+            done = [task.result() for task in finished]  # an engine's death is raised here
+            share = clock.take() / len(done)
+            for _, res in done:
+                res["busy_s"] = share
+            yield done
+    finally:
+        for task in runs:
+            task.cancel()

@@ -65,5 +65,5 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
         system1_of=s.system1_of,
         filter=s.filter.kind,
         min_agreement=s.filter.min_agreement,
-        config_hash=cfg.stage_hash("sample", extra=payload, exclude=("actors",)),
+        config_hash=cfg.stage_hash("sample", extra=payload),
     )

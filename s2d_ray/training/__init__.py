@@ -1,7 +1,8 @@
 """Stage 4: fine-tune the same model on the distillation set (Ray Train + DeepSpeed ZeRO).
 
-``train(cfg)`` is what `s2d train` runs: distill/ -> Ray Data (tokenized with the chat
-template) -> TorchTrainer workers (``loop.train_loop_per_worker``) -> model/ (+ adapter/).
+``train(cfg)`` is what `s2d train` runs: distill/ (the files its manifest names) -> Ray Data,
+shuffled -> TorchTrainer workers, each tokenizing its shard with the model's chat template
+(``loop.train_loop_per_worker``) -> model/ (+ adapter/).
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from typing import Any
 
 from s2d_ray.config import RunConfig
 from s2d_ray.errors import S2DError
-from s2d_ray.outputs import OutputDir
+from s2d_ray.outputs import OutputDir, manifest_files, read_manifest
 from s2d_ray.runtime import init_ray
-from s2d_ray.stage import sample_spec
 from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, train_loop_per_worker
 
 TRAIN_INFO = "s2d_train.json"
 
 
-def train_hash(cfg: RunConfig) -> str:
-    return cfg.stage_hash("train", extra={"samples": sample_spec(cfg).config_hash}, exclude=("num_workers", "cpus_per_worker", "use_gpu", "max_failures"))
+def train_hash(cfg: RunConfig, out: OutputDir | None = None) -> str:
+    """The training stage's config hash: its settings and the distillation set it reads (whose
+    hash its manifest holds; sampling is not re-derived here)."""
+    out = out or OutputDir(cfg.output_dir)
+    manifest = read_manifest(out, "distill")
+    if manifest is None:
+        raise S2DError(f"train: {out.uri('distill')} has no distillation set (no _manifest.json); run `s2d sample` first")
+    return cfg.stage_hash("train", extra={"samples": manifest["config_hash"]})
 
 
 def _copy_tree(src: str, out: OutputDir, name: str) -> None:
@@ -44,35 +50,34 @@ def _copy_tree(src: str, out: OutputDir, name: str) -> None:
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train on ``output_dir/distill``; write ``model/`` (and ``adapter/`` for LoRA)."""
-    import ray.data
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from s2d_ray.training.examples import Tokenize
-
     tc = cfg.train
     out = OutputDir(cfg.output_dir)
-    key = train_hash(cfg)
+    key = train_hash(cfg, out)
     if out.exists("model", TRAIN_INFO) and out.read_json("model", TRAIN_INFO).get("config_hash") == key:
         info = out.read_json("model", TRAIN_INFO)
         info["skipped"] = True
         return info
-    if not out.files("distill"):
-        raise S2DError(f"train: {out.uri('distill')} has no data; run `s2d sample` first")
-    init_ray(cfg.locations("output_dir", "model"))
-    ds = ray.data.read_parquet(out.path("distill"), filesystem=out.fs, columns=["input", "target"])
-    n = ds.count()
+    distill = read_manifest(out, "distill")
+    n = distill["rows"]
+    if n == 0:
+        raise S2DError(f"train: {out.uri('distill')} has no rows; sample more inputs or lower sample.filter.min_agreement")
     if n < tc.num_workers:
         raise S2DError(f"train: the distillation set has {n} rows, fewer than train.num_workers={tc.num_workers}; "
                        "sample more inputs or lower sample.filter.min_agreement")
-    ds = ds.random_shuffle(seed=tc.seed).map_batches(
-        Tokenize, fn_constructor_kwargs={"model": cfg.model, "max_length": tc.max_length,
-                               "system_prompt": cfg.task_spec.system_prompt if cfg.task_spec else None},
-        batch_size=64, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
-    ).materialize()  # tokenized once, before the workers take the CPUs
+    from s2d_ray.datasets import read_results
+
+    init_ray(cfg.locations("output_dir", "model"))
+    # Shuffled before the workers take the CPUs (its tasks would wait behind them); each worker
+    # tokenizes the rows of its own shard (training.examples.tokenize), so tokenization scales
+    # with the workers.
+    ds = read_results(out, manifest_files(out, "distill"), ["input", "target"]).random_shuffle(seed=tc.seed).materialize()
+    system_prompt = cfg.task_spec.system_prompt if cfg.task_spec else None
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": tc.model_dump(), "model": cfg.model, "n_examples": n},
+        train_loop_config={"train": tc.model_dump(), "model": cfg.model, "n_examples": n, "system_prompt": system_prompt},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
         ),
@@ -95,6 +100,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         history = state.get("history", [])
         info = {
             "config_hash": key,
+            "parent": distill["config_hash"],
             "model": cfg.model,
             "finetune": tc.finetune,
             "zero_stage": tc.zero_stage,

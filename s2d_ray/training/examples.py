@@ -33,26 +33,13 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int,
     return {"input_ids": ids, "labels": labels}
 
 
-class Tokenize:
-    """Ray Data map_batches UDF: distillation rows -> input_ids/labels (a tokenizer per actor)."""
-
-    def __init__(self, model: str, max_length: int, system_prompt: str | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        from s2d_ray.models import resolve_model
-
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))  # on this actor's node
-        self.max_length, self.system_prompt = max_length, system_prompt
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        encoded = [
-            encode_example(self.tokenizer, str(p), str(t), self.max_length, self.system_prompt)
-            for p, t in zip(batch["input"], batch["target"])
-        ]
-        return {
-            "input_ids": [np.asarray(e["input_ids"], dtype=np.int64) for e in encoded],
-            "labels": [np.asarray(e["labels"], dtype=np.int64) for e in encoded],
-        }
+def tokenize(tokenizer: Any, batch: dict[str, np.ndarray], max_length: int,
+             system_prompt: str | None = None) -> dict[str, list[np.ndarray]]:
+    """input_ids/labels of a batch of distillation rows (``input``, ``target``)."""
+    encoded = [encode_example(tokenizer, str(p), str(t), max_length, system_prompt)
+               for p, t in zip(batch["input"], batch["target"])]
+    return {"input_ids": [np.asarray(e["input_ids"], dtype=np.int64) for e in encoded],
+            "labels": [np.asarray(e["labels"], dtype=np.int64) for e in encoded]}
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, Any]:

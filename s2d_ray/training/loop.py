@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from s2d_ray.config import TrainConfig
-from s2d_ray.training.examples import collate
+from s2d_ray.training.examples import collate, tokenize
 
 STATE_FILE = "s2d_state.json"
 EXPORT_DIR = "export"
@@ -83,7 +83,8 @@ def _load_model(model_path: str, tc: TrainConfig, ds_config: dict[str, Any]):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: train (TrainConfig dict), model (as configured: resolved
-    here, on this worker's node), n_examples."""
+    here, on this worker's node), n_examples, system_prompt (the task's, or None). Rows arrive
+    as text and are tokenized here, by the model's own chat template."""
     import deepspeed
     import ray.train
     import torch
@@ -129,7 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while epoch < tc.epochs and step < total_steps:
         batches = shard.iter_torch_batches(
             batch_size=tc.micro_batch_size,
-            collate_fn=lambda b: collate(b, pad_id),
+            collate_fn=lambda b: collate(tokenize(tokenizer, b, tc.max_length, config.get("system_prompt")), pad_id),
             local_shuffle_buffer_size=256,
             local_shuffle_seed=tc.seed + epoch,
         )

@@ -1,0 +1,140 @@
+"""Atomic result files and the derived distill/ and rejected/ sets (s2d_ray.outputs, s2d_ray.datasets), written by
+Ray Data workers on a local Ray."""
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s2d_ray.datasets import ShardSink, write_derived
+from s2d_ray.outputs import DISTILL_COLUMNS, REJECTED_COLUMNS, RESULT_SCHEMA, OutputDir, manifest_files, read_manifest
+from s2d_ray.tasks import get_task
+
+
+def result_row(rid, status="kept", **kw):
+    row = {
+        "id": rid, "job": None, "input": f"q {rid} (system 2 prompt)", "system1_input": f"q {rid}", "answer": "4",
+        "meta": "{}", "source": f"in.jsonl:{rid}", "status": status, "reason": None, "target": f"t {rid}",
+        "agreement": 1.0, "method": "rar", "model": "m", "n_samples": 2, "config_hash": "h1",
+        "generated_tokens": 12, "latency_s": 0.5, "busy_s": 0.25,
+        "samples": [{"view": "a", "text": "x", "answer": "4", "tokens": 6}],
+    }
+    row.update(kw)
+    return row
+
+
+def table(*rows):
+    return pa.Table.from_pylist(list(rows), schema=RESULT_SCHEMA)
+
+
+def names(out, subdir):
+    return [os.path.basename(p) for p in out.files(subdir)]
+
+
+def read(out, subdir, files=None):
+    files = files if files is not None else out.files(subdir)
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def test_write_table_is_atomic_and_leaves_no_temp_files(tmp_path):
+    out = OutputDir(str(tmp_path))
+    out.write_table(table(result_row("1")), "samples", "part-a.parquet")
+    assert names(out, "samples") == ["part-a.parquet"]
+    assert not [f for f in os.listdir(tmp_path / "samples") if f.startswith(".tmp")]
+    assert read(out, "samples").to_pylist() == [result_row("1")]
+
+
+def test_files_ignore_temp_and_other_files(tmp_path):
+    out = OutputDir(str(tmp_path))
+    out.write_table(table(result_row("1")), "samples", "part-a.parquet")
+    (tmp_path / "samples" / ".tmp-123.parquet").write_bytes(b"half a file")
+    (tmp_path / "samples" / "_manifest.json").write_text("{}")
+    assert names(out, "samples") == ["part-a.parquet"]
+
+
+def test_shard_sink_writes_one_file_per_write_task_with_its_summary(tmp_path, local_ray):
+    import ray.data
+
+    out = OutputDir(str(tmp_path))
+    blocks = [table(*(result_row(f"{b}-{i}") for i in range(3))) for b in range(4)]
+    sink = ShardSink(out, "samples", "RUN", summarize=lambda t: {"rows": t.num_rows, "ids": sorted(t["id"].to_pylist())})
+    ray.data.from_arrow(blocks).write_datasink(sink)
+    assert len(names(out, "samples")) == 4 and all(n.startswith("part-RUN-") for n in names(out, "samples"))
+    summaries = [json.loads(s) for s in sink.summaries]
+    assert sum(s["rows"] for s in summaries) == 12
+    assert sorted(i for s in summaries for i in s["ids"]) == sorted(f"{b}-{i}" for b in range(4) for i in range(3))
+    back = read(out, "samples")
+    assert back.schema.equals(RESULT_SCHEMA) and back.num_rows == 12
+
+
+def test_shard_sink_rows_per_file_groups_batches(tmp_path, local_ray):
+    import ray.data
+
+    out = OutputDir(str(tmp_path))
+    blocks = [table(result_row(f"{b}")) for b in range(10)]
+    ray.data.from_arrow(blocks).write_datasink(ShardSink(out, "samples", "RUN", rows_per_file=5))
+    files = out.files("samples")
+    assert len(files) <= 2 and read(out, "samples").num_rows == 10
+
+
+def _mixed(out, run_id, start):
+    out.write_table(table(result_row(str(start)), result_row(str(start + 1), status="rejected", reason="duplicate id"),
+                          result_row(str(start + 2), status="dropped", reason="no majority")),
+                    "samples", f"part-{run_id}-000000.parquet")
+
+
+def test_write_derived(tmp_path, local_ray):
+    out = OutputDir(str(tmp_path))
+    _mixed(out, "A", 0)
+    counts = write_derived(out, "h1")
+    assert (counts["kept"], counts["rejected"], counts["dropped"]) == (1, 1, 1)
+    distill = read(out, "distill", manifest_files(out, "distill"))
+    assert distill.column_names == DISTILL_COLUMNS
+    assert distill.to_pylist() == [{
+        "id": "0", "input": "q 0", "target": "t 0", "method": "rar", "n_samples": 2, "agreement": 1.0,
+        "model": "m", "config_hash": "h1", "source": "in.jsonl:0"}]
+    rejected = read(out, "rejected", manifest_files(out, "rejected"))
+    assert rejected.column_names == REJECTED_COLUMNS
+    assert rejected.to_pylist() == [{
+        "id": "1", "input": "q 1 (system 2 prompt)", "source": "in.jsonl:1", "reason": "duplicate id",
+        "method": "rar", "config_hash": "h1"}]
+    manifest = read_manifest(out, "distill")
+    assert manifest["config_hash"] == "h1" and manifest["rows"] == 1 and manifest["counts"] == counts
+
+
+def test_write_derived_rebuilds_from_all_files_and_drops_the_old_version(tmp_path, local_ray):
+    out = OutputDir(str(tmp_path))
+    _mixed(out, "A", 0)
+    write_derived(out, "h1")
+    first = names(out, "distill")
+    _mixed(out, "B", 10)
+    counts = write_derived(out, "h1")
+    assert (counts["kept"], counts["rejected"]) == (2, 2)
+    assert sorted(read(out, "distill")["id"].to_pylist()) == ["0", "10"]  # only the new version is left
+    assert sorted(read(out, "rejected")["id"].to_pylist()) == ["1", "11"]
+    assert not set(first) & set(names(out, "distill"))
+
+
+def test_write_derived_skips_when_samples_are_unchanged(tmp_path, local_ray):
+    out = OutputDir(str(tmp_path))
+    _mixed(out, "A", 0)
+    write_derived(out, "h1")
+    before = read_manifest(out, "distill")
+    assert write_derived(out, "h1") == before["counts"]
+    assert read_manifest(out, "distill")["written"] == before["written"] and names(out, "distill") == before["files"]
+
+
+def test_write_derived_scores_kept_targets_with_a_task(tmp_path, local_ray):
+    out = OutputDir(str(tmp_path))
+    rows = [result_row("a", target="4"), result_row("b", target="5"), result_row("c", answer=None, target="4"),
+            result_row("d", status="dropped")]
+    out.write_table(table(*rows), "samples", "part-A-000000.parquet")
+    counts = write_derived(out, "h1", get_task("word_problems").spec)
+    assert (counts["kept_correct"], counts["kept_with_answer"]) == (1, 2)
+
+
+def test_write_derived_of_nothing(tmp_path, local_ray):
+    out = OutputDir(str(tmp_path))
+    assert write_derived(out, "h1") == {}
+    assert read_manifest(out, "distill")["rows"] == 0 and manifest_files(out, "distill") == []
