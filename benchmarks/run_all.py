@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import ROOT, path_of  # noqa: E402
 
-BENCHMARKS = ["sampling", "training", "serving"]
+BENCHMARKS = ["sampling", "training", "serving", "scale"]
 
 
 def main() -> int:
