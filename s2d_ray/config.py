@@ -66,7 +66,7 @@ class ActorPoolConfig(_Strict):
         "With one CPU engine on a small machine, set it to the core count and keep num_cpus at 1 so Ray Data's other tasks still get a CPU.",
     )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (set to tensor_parallel_size on GPU clusters).")
-    batch_size: int = Field(16, ge=1, description="Input rows per batch handed to an actor; each batch's results are written as one shard.")
+    batch_size: int = Field(16, ge=1, description="Input rows per batch handed to an actor (one Ray task); a batch leaves the actor when its last row is done.")
     max_concurrent_batches: int = Field(
         4, ge=1, description="Batches an engine actor runs at once; all their rows share the engine's continuous batching "
         "(batch_size x this should reach the engine's max_num_seqs on GPUs).")

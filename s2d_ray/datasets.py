@@ -62,7 +62,9 @@ class ResultFiles(Datasource):
 
     def __init__(self, fs: Any, files: list[str], columns: list[str] | None = None) -> None:
         self.fs, self.files, self.columns = fs, files, columns
-        self.bytes = sum(i.size or 0 for i in fs.get_file_info(files)) if files else 0
+        size = sum(i.size or 0 for i in fs.get_file_info(files)) if files else 0
+        # a task per ~FILE_GROUP_BYTES (each task costs Ray a worker's time), however many files
+        self.tasks = max(1, min(len(files), -(-size // FILE_GROUP_BYTES)))
 
     def get_name(self) -> str:
         return "ResultFiles"
@@ -71,9 +73,7 @@ class ResultFiles(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
-        fs, columns = self.fs, self.columns
-        # a task per ~FILE_GROUP_BYTES (each task costs Ray a worker's time), however many files
-        n = max(1, min(parallelism, len(self.files), -(-self.bytes // FILE_GROUP_BYTES)))
+        fs, columns, n = self.fs, self.columns, self.tasks
         groups = [self.files[i::n] for i in range(n)]
 
         def read(paths: list[str]) -> Iterator[pa.Table]:
@@ -85,9 +85,12 @@ class ResultFiles(Datasource):
 
 
 def read_results(out: OutputDir, files: list[str], columns: list[str] | None = None):
+    """``files`` (written by a stage) as a Ray Dataset, one block per read task (Ray would
+    otherwise split them into 200, and a derived set into 200 tiny files)."""
     import ray.data
 
-    return ray.data.read_datasource(ResultFiles(out.fs, files, columns), num_cpus=LIGHT_CPUS)
+    source = ResultFiles(out.fs, files, columns)
+    return ray.data.read_datasource(source, num_cpus=LIGHT_CPUS, override_num_blocks=source.tasks)
 
 
 def files_digest(files: list[str]) -> str:

@@ -112,6 +112,7 @@ def test_write_derived_rebuilds_from_all_files_and_drops_the_old_version(tmp_pat
     counts = write_derived(out, "h1")
     assert (counts["kept"], counts["rejected"]) == (2, 2)
     assert sorted(read(out, "distill")["id"].to_pylist()) == ["0", "10"]  # only the new version is left
+    assert len(names(out, "distill")) == 1  # small files are read by one task: one file, not one per split
     assert sorted(read(out, "rejected")["id"].to_pylist()) == ["1", "11"]
     assert not set(first) & set(names(out, "distill"))
 

@@ -101,7 +101,8 @@ class Screen:
 
         key = ref.hex()
         if key not in _cache:
-            _cache.clear() if len(_cache) > 16 else None
+            if len(_cache) > 16:  # refs of earlier stages in this worker
+                _cache.clear()
             _cache[key] = ray.get(ref)
         return _cache[key]
 
