@@ -8,7 +8,7 @@ P6_driver_rss_mb  peak RSS of this (the driver) process over the whole benchmark
 P6_resume_s       wall of `sample()` again with everything done (nothing to sample)
 P6_resume_half_s  wall of `sample()` after half of samples/ was deleted (the other half is run)
 P6_files          files in samples/ after the fresh run
-Settings: configs/smoke.yaml with SCALE_SETTINGS below (--set overrides them).
+Settings: configs/smoke.yaml with scale_settings() below (--set overrides them).
 
     python benchmarks/scale.py --rows 10000        # one size per process (peak RSS is per process)
     python benchmarks/scale.py --ray-checkpoint    # only: Ray Data's own job checkpointing, resumed
@@ -34,8 +34,10 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import fake_engine  # noqa: E402
 from results import write  # noqa: E402
 
-# What a run of a million inputs sets (README "At scale"): larger engine batches and files.
-SCALE_SETTINGS = ["sample.actors.batch_size=64", "sample.actors.rows_per_file=10000"]
+# What a large run sets (README "At scale"): larger engine batches, and files of 1% of the inputs
+# (at least 1,000 rows; a million inputs: 10,000 a file), so half of them can be deleted for P6_resume_half_s.
+def scale_settings(rows: int) -> list[str]:
+    return ["sample.actors.batch_size=64", f"sample.actors.rows_per_file={max(1000, rows // 100)}"]
 VERBS = ["I think the answer is {w}, but I'm really not sure.", "My teacher said it is {w}.",
          "I'm fairly sure it's {w}.", "Someone told me {w}, is that right?"]
 
@@ -110,7 +112,7 @@ def main() -> dict[str, float]:
     print(f"P6 inputs: {args.rows} rows written in {time.perf_counter() - t:.1f}s ({data.stat().st_size / 1e6:.0f} MB)", flush=True)
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [
         f"output_dir={out}", f"data.train={data}", "data.n_train=null", "sample.method=s2a", "sample.n_samples=8",
-        "sample.filter.min_agreement=0.6", *SCALE_SETTINGS, *args.set])
+        "sample.filter.min_agreement=0.6", *scale_settings(args.rows), *args.set])
 
     start = time.perf_counter()
     fake_engine.init_ray()
@@ -130,7 +132,7 @@ def main() -> dict[str, float]:
     figures = {"P6_rows_per_s": round(args.rows / wall, 1), "P6_driver_rss_mb": round(peak_rss_mb(), 1),
                "P6_resume_s": round(resume, 2), "P6_resume_half_s": round(resume_half, 2), "P6_files": files}
     print(f"P6 (plumbing only: an instant fake engine in place of vLLM) {args.rows} inputs x 8 samples, s2a, "
-          f"{' '.join(SCALE_SETTINGS + args.set)}: "
+          f"{' '.join(scale_settings(args.rows) + args.set)}: "
           f"{figures['P6_rows_per_s']} rows/s (wall {wall:.1f}s incl. Ray start), driver peak RSS "
           f"{figures['P6_driver_rss_mb']} MB, resume all done {resume:.1f}s, resume half done {resume_half:.1f}s "
           f"({half['this_run']['rows']} rows run), {files} sample files; kept {summary['kept']}", flush=True)
