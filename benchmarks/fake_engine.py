@@ -7,7 +7,7 @@ driver, never a model. Installed into every Ray worker by ``ray.init(runtime_env
 {"worker_process_setup_hook": "fake_engine.install"})``: the hook replaces the engine class the
 sampling actor builds. Nothing in s2d_ray imports this.
 
-    python benchmarks/fake_engine.py CONFIG [--set key=value ...]    # `s2d sample` on the fake engine
+    python benchmarks/fake_engine.py sample|eval CONFIG [--set key=value ...]   # that stage on the fake engine
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DELAY_ENV = "S2D_FAKE_ENGINE_DELAY_S"
+ANSWER_ENV = "S2D_FAKE_ENGINE_ANSWER"  # if set, every answer (not a rewrite) is this text
 
 FILLER = ("This restates the question the user asked, word for word, leaving out the opinion about the answer "
           "so that it can be answered on its own merits. ")
@@ -45,7 +46,7 @@ class InstantEngine:
         if prompt.startswith("The text below"):
             text = (FILLER * 2)[:240] + f" What is {' + '.join(map(str, numbers))}?"
         else:
-            text = f"The answer is {sum(numbers)}."
+            text = os.environ.get(ANSWER_ENV) or f"The answer is {sum(numbers)}."
         return [Completion(text, len(text) // 4)] * call.n
 
     def shutdown(self) -> None:
@@ -71,21 +72,24 @@ def init_ray(**env: str) -> None:
 
 
 def main() -> None:
-    """`s2d sample CONFIG --set ...` with the fake engine in every worker."""
+    """`s2d sample|eval CONFIG --set ...` with the fake engine in every worker."""
     import argparse
     import json
 
     sys.path.insert(0, str(HERE.parent))
     from s2d_ray.config import load_config
+    from s2d_ray.evaluation import evaluate
     from s2d_ray.sampling import sample
 
-    p = argparse.ArgumentParser(description="s2d sample on the fake engine")
+    p = argparse.ArgumentParser(description="a stage on the fake engine")
+    p.add_argument("stage", choices=["sample", "eval"])
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     cfg = load_config(args.config, args.set)
-    init_ray(**{k: v for k, v in os.environ.items() if k == DELAY_ENV})
-    print("SUMMARY " + json.dumps(sample(cfg)), flush=True)
+    init_ray(**{k: v for k, v in os.environ.items() if k in (DELAY_ENV, ANSWER_ENV)})
+    result = sample(cfg) if args.stage == "sample" else evaluate(cfg)
+    print("SUMMARY " + json.dumps(result, default=str), flush=True)
 
 
 if __name__ == "__main__":

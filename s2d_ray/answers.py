@@ -190,6 +190,17 @@ class AnswerSpec:
     pattern: str | None = None
 
     @property
+    def closed_set(self) -> tuple[str, ...] | None:
+        """The answers a closed-set kind allows (yes_no, choice, label), in order; None otherwise."""
+        if self.kind == "yes_no":
+            return ("yes", "no")
+        if self.kind == "choice":
+            return tuple(label for label, _ in self.labels) or ("A", "B", "tie")
+        if self.kind == "label":
+            return tuple(label for label, _ in self.labels)
+        return None
+
+    @property
     def comparable(self) -> bool:
         """Whether two answers can be voted on (free text cannot: USC picks among responses)."""
         return self.kind != "text"

@@ -25,6 +25,10 @@ class _Strict(BaseModel):
 # Marks a field that only places work (actor counts, engine memory, workers, batch sizes): it never
 # enters a stage's config hash, so a run resumed on a differently sized cluster continues.
 PLACEMENT = {"placement": True}
+# Marks a field that shapes a later product of its section, not the section's own stage: it never
+# enters the section's hash, the product it shapes hashes it itself (sample.filter.balance: distill/'s
+# hash, so training follows it without re-sampling; eval.broader: the harness results' key).
+OWN_HASH = {"own_hash": True}
 
 
 def content(model: BaseModel) -> dict[str, Any]:
@@ -32,7 +36,7 @@ def content(model: BaseModel) -> dict[str, Any]:
     dump = model.model_dump(mode="json")
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
-        if (info.json_schema_extra or {}).get("placement"):
+        if {"placement", "own_hash"} & set(info.json_schema_extra or {}):
             del dump[name]
         elif isinstance(value, BaseModel):
             dump[name] = content(value)
@@ -102,6 +106,12 @@ class FilterConfig(_Strict):
         "the first parseable sample is the target (the paper's no-filter baseline).",
     )
     min_agreement: float = Field(0.6, ge=0, le=1, description="Minimum fraction of samples agreeing with the kept answer.")
+    balance: float | None = Field(
+        None, gt=0, lt=1, json_schema_extra=OWN_HASH,
+        description="Closed answer sets (label, choice, yes_no): the largest share of the distillation set any one "
+        "label may have, e.g. 0.5; an over-represented label's surplus kept inputs are left out of distill/ (chosen "
+        "by a hash of their id, so the same ones every time). Off by default. Applied when distill/ is built: "
+        "changing it rebuilds distill/ (and retrains) without sampling again.")
 
 
 class SampleConfig(_Strict):
@@ -165,6 +175,38 @@ class TrainConfig(_Strict):
     seed: int = Field(0, description="Shuffling and initialisation seed.")
 
 
+# The default broader-performance suite: BIG-bench JSON tasks (their files ship in the `bigbench`
+# sdist on the package registry), chosen before any result was seen, for breadth and cost only: two
+# per area - knowledge, arithmetic, logic, language, commonsense - from the tasks whose every example
+# is multiple choice with one right answer (scored by log-likelihood, a prefill-only cost), taking
+# BIG-bench Lite's where the area has one (hindu_knowledge, known_unknowns, logical_deduction,
+# formal_fallacies, strategyqa), otherwise the one with the shortest inputs, and for arithmetic the
+# two-digit sums and the math word problems. 50 documents each (data.seed draws them): base and
+# distilled 0.5B models fit in about 15 minutes on a 2-core CPU.
+BIGBENCH_SUITE = [
+    "bigbench:hindu_knowledge", "bigbench:known_unknowns",                               # knowledge
+    "bigbench:arithmetic/2_digit_addition", "bigbench:elementary_math_qa/question_only",  # arithmetic
+    "bigbench:logical_deduction/three_objects", "bigbench:formal_fallacies_syllogisms_negation",  # logic
+    "bigbench:hyperbaton", "bigbench:implicatures",                                      # language
+    "bigbench:strategyqa", "bigbench:sports_understanding",                              # commonsense
+]
+
+
+class BroaderConfig(_Strict):
+    """Broader performance on standard benchmarks through EleutherAI's lm-evaluation-harness: base
+    and distilled models on the same documents (`s2d broader`, or `s2d run` when eval.broader is set)."""
+
+    tasks: list[str] = Field(
+        default_factory=lambda: list(BIGBENCH_SUITE),
+        description="bigbench:TASK[/SUBTASK] (a BIG-bench JSON task, read offline from the bigbench sdist, fetched "
+        "once into the cache) or a harness task name as lm-eval knows it (mmlu, arc_challenge, hellaswag, gsm8k, "
+        "bbh, ...; these need the Hugging Face hub).")
+    n_per_task: int | None = Field(
+        50, ge=1, description="Documents per task: BIG-bench ones drawn with data.seed, harness ones its first N "
+        "(lm-eval's limit); null: all.")
+    num_fewshot: int = Field(0, ge=0, description="Few-shot examples per prompt (lm-eval's num_fewshot).")
+
+
 class EvalConfig(_Strict):
     """Held-out evaluation of System 1, System 2 and distilled System 1."""
 
@@ -185,6 +227,10 @@ class EvalConfig(_Strict):
     base: bool = Field(
         True, description="Evaluate the base model (System 1, System 2, broader tasks). Off for a baseline run "
         "whose base figures another run of the same data already has (`s2d paper`): only the distilled model.")
+    broader: BroaderConfig | None = Field(
+        None, json_schema_extra=OWN_HASH,
+        description="Also run the lm-evaluation-harness suite in `s2d run` (what `s2d broader` runs; its defaults: "
+        "{} for BIG-bench's default suite). Off by default.")
     majority_at: list[int] = Field(
         default_factory=list,
         description="Also report majority@k accuracy for each k (e.g. [1, 5, 10], the paper's CoT evaluation): "
@@ -249,6 +295,9 @@ class RunConfig(_Strict):
             get_program(self.sample.prompts_of, spec)
         except S2DError as e:  # an unknown method, import path or bad template (the message names it)
             raise ValueError(str(e)) from None
+        if self.sample.filter.balance is not None and (spec is None or spec.answers.closed_set is None):
+            raise ValueError("sample.filter.balance caps a label's share of the kept targets: it needs a task with a "
+                             "closed answer set (answer: label, choice or yes_no)")
         if spec and not spec.answers.comparable and self.sample.filter.kind in ("majority", "perturbation"):
             raise ValueError(f"sample.filter.kind {self.sample.filter.kind} votes on answers, but free-text answers "
                              "cannot be compared; use usc (or none)")

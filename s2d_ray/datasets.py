@@ -104,10 +104,11 @@ _DERIVED_COLUMNS = sorted({"status", "system1_input", "input", "answer", "meta",
 class DerivedSink(Datasink):
     """Ray Data datasink over samples/ rows: each write task writes its kept rows to distill/
     and its rejected rows to rejected/ (one atomic file each) and returns its rows per status
-    and, with a task, how many kept targets match ground truth (for the report only)."""
+    and, with a task, its kept targets per label (closed answer sets) and how many match ground
+    truth (for the report only)."""
 
-    def __init__(self, out: OutputDir, run_id: str, task: "TaskSpec | None") -> None:
-        self.out, self.run_id, self.task = out, run_id, task
+    def __init__(self, out: OutputDir, run_id: str, task: "TaskSpec | None", caps: dict[str, int] | None = None) -> None:
+        self.out, self.run_id, self.task, self.caps = out, run_id, task, caps or {}
         self.summaries: list[dict[str, int]] = []
 
     def get_name(self) -> str:
@@ -123,12 +124,20 @@ class DerivedSink(Datasink):
             counts[value["values"]] = value["counts"]
         kept = batch.filter(pc.equal(batch["status"], "kept"))
         rejected = batch.filter(pc.equal(batch["status"], "rejected"))
+        if self.caps and kept.num_rows:  # sample.filter.balance: a capped label's surplus stays out
+            over = [label in self.caps and rank > self.caps[label]
+                    for label, rank in zip(kept["target"].to_pylist(), id_ranks(kept["id"].to_pylist()).tolist())]
+            counts["capped"] = sum(over)
+            kept = kept.filter(pa.array([not o for o in over]))
         name = f"part-{self.run_id}-{ctx.task_idx:06d}.parquet"
         if kept.num_rows:
             distill = kept.select(["id", "system1_input", *DISTILL_COLUMNS[2:]]).rename_columns(DISTILL_COLUMNS)
             self.out.write_table(distill, "distill", name)
         if rejected.num_rows:
             self.out.write_table(rejected.select(REJECTED_COLUMNS), "rejected", name)
+        if self.task is not None and self.task.answers.closed_set is not None and kept.num_rows:
+            counts["kept_labels"] = {v["values"]: v["counts"] for v in pc.value_counts(kept["target"]).to_pylist()
+                                     if v["values"] is not None}
         if self.task is not None:
             labelled = kept.filter(pc.is_valid(kept["answer"])).select(["input", "target", "answer", "meta"]).to_pylist()
             counts["kept_with_answer"] = len(labelled)
@@ -141,28 +150,98 @@ class DerivedSink(Datasink):
         self.summaries = list(write_result.write_returns)
 
 
-def write_derived(out: OutputDir, parent: str, task: "TaskSpec | None" = None) -> dict[str, int]:
+def id_ranks(ids: list[str | None]) -> Any:
+    """A stable pseudo-random rank of each id (uint64): which of a capped label's rows stay."""
+    import numpy as np
+
+    raw = b"".join(hashlib.blake2b((i or "").encode("utf-8"), digest_size=8).digest() for i in ids)
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+
+
+def balance_caps(counts: dict[str, int], share: float) -> dict[str, int]:
+    """The most rows each label may keep so that none is over ``share`` of the kept set:
+    the largest cap C with C <= share * sum(min(n, C)), labels under it untouched (where even
+    equal shares are over ``share``, every label keeps as many as the smallest has)."""
+    cap = max(counts.values())
+    while True:
+        allowed = int(share * sum(min(n, cap) for n in counts.values()))
+        if allowed >= cap:
+            break
+        cap = allowed
+        if cap <= min(counts.values()):
+            cap = min(counts.values())
+            break
+    return {label: cap for label, n in counts.items() if n > cap}
+
+
+def _label_ranks(batch: pa.Table) -> pa.Table:
+    kept = batch.filter(pc.equal(batch["status"], "kept"))
+    return pa.table({"target": kept["target"], "rank": pa.array(id_ranks(kept["id"].to_pylist()), pa.uint64())})
+
+
+def _rank_thresholds(caps: dict[str, int], *tables: pa.Table) -> dict[str, int]:
+    """For each capped label, the rank of the last row it keeps (its ``cap`` lowest ranks)."""
+    import numpy as np
+
+    table = pa.concat_tables([t for t in tables if t.num_rows]) if any(t.num_rows for t in tables) else None
+    out = {}
+    for label, cap in caps.items():
+        ranks = np.sort(table.filter(pc.equal(table["target"], label))["rank"].to_numpy())
+        out[label] = int(ranks[cap - 1]) if cap else -1
+    return out
+
+
+def _caps(out: OutputDir, files: list[str], share: float) -> tuple[dict[str, int], dict[str, int]]:
+    """(label -> most rows it keeps, label -> rank threshold) for ``sample.filter.balance``:
+    the kept targets' labels counted by a Ray Data groupby, their ranks sorted by one task."""
+    import ray
+
+    kept = read_results(out, files, ["status", "target", "id"]).map_batches(_label_ranks, batch_format="pyarrow",
+                                                                             num_cpus=LIGHT_CPUS).materialize()
+    counts = {r["target"]: r["count()"] for r in kept.groupby("target").count().take_all() if r["target"] is not None}
+    caps = balance_caps(counts, share) if counts else {}
+    if not caps:
+        return {}, {}
+    thresholds = ray.get(ray.remote(_rank_thresholds).options(num_cpus=LIGHT_CPUS).remote(caps, *kept.to_arrow_refs()))
+    return caps, thresholds
+
+
+def derived_hash(parent: str, balance: float | None) -> str:
+    """distill/'s config hash: the samples' it is built from, and the cap on a label's share."""
+    return parent if balance is None else hashlib.sha256(f"{parent}|balance={balance}".encode()).hexdigest()[:12]
+
+
+def write_derived(out: OutputDir, parent: str, task: "TaskSpec | None" = None, balance: float | None = None) -> dict[str, Any]:
     """Rebuild distill/ and rejected/ from every file in samples/ (one Ray Data job, written by
-    its workers) unless their manifests already derive from exactly those files. Returns the
-    rows of samples/ per status, ``kept_correct``/``kept_with_answer`` with a task. New files
-    are complete, and named in the manifests (what readers read), before old ones are deleted."""
+    its workers) unless their manifests already derive from exactly those files and settings.
+    Returns the rows of samples/ per status, ``kept_correct``/``kept_with_answer`` and
+    ``kept_labels`` with a task, ``capped`` with ``balance``. New files are complete, and named
+    in the manifests (what readers read), before old ones are deleted."""
     files = out.files("samples")
-    digest = files_digest(files)
+    digest, config_hash = files_digest(files), derived_hash(parent, balance)
     manifests = [read_manifest(out, d) for d in ("distill", "rejected")]
-    if all(m and m.get("source_files") == digest and m.get("config_hash") == parent and "counts" in m for m in manifests):
+    if all(m and m.get("source_files") == digest and m.get("config_hash") == config_hash and "counts" in m for m in manifests):
         return manifests[0]["counts"]
+    caps, thresholds = _caps(out, files, balance) if balance and files and task is not None and task.answers.closed_set else ({}, {})
     before = {d: out.files(d) for d in ("distill", "rejected")}
     run_id = new_run_id()
-    sink = DerivedSink(out, run_id, task)
+    sink = DerivedSink(out, run_id, task, thresholds)
     if files:
         read_results(out, files, _DERIVED_COLUMNS).write_datasink(sink, **write_options())
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     for summary in sink.summaries:
         for k, v in summary.items():
-            counts[k] = counts.get(k, 0) + v
-    for subdir, status in (("distill", "kept"), ("rejected", "rejected")):
+            if isinstance(v, dict):  # kept targets per label
+                for label, n in v.items():
+                    counts.setdefault(k, {})[label] = counts.get(k, {}).get(label, 0) + n
+            else:
+                counts[k] = counts.get(k, 0) + v
+    if caps:
+        counts["caps"] = caps
+    rows = {"distill": counts.get("kept", 0) - counts.get("capped", 0), "rejected": counts.get("rejected", 0)}
+    for subdir in ("distill", "rejected"):
         new = run_files(out, subdir, run_id)
-        write_manifest(out, subdir, config_hash=parent, parent=parent, rows=counts.get(status, 0), counts=counts,
+        write_manifest(out, subdir, config_hash=config_hash, parent=parent, rows=rows[subdir], counts=counts,
                        source_files=digest, files=[f.rsplit("/", 1)[-1] for f in new])
         for old in set(before[subdir]) - set(new):
             out.fs.delete_file(old)

@@ -334,3 +334,22 @@ def test_serving_refuses_an_unknown_system2_method_when_built():
     with pytest.raises(ValidationError, match="system2_method: unknown method 'tot'"):
         ServeSettings(model_dir="m", system2_method="tot")
     assert ServeSettings(model_dir="m", system2_method="rar2", task={"answer": "number"}).program().answers.kind == "number"
+
+
+def test_balance_needs_a_closed_answer_set_and_never_resamples(tmp_path):
+    labels = ["task.name=t", "task.answer=label", "task.labels=[a, b]"]
+    with pytest.raises(S2DError, match="closed answer set"):
+        load_config(None, ["sample.filter.balance=0.5"])
+    cfg, capped = load_config(None, labels), load_config(None, [*labels, "sample.filter.balance=0.5"])
+    assert cfg.stage_hash("sample") == capped.stage_hash("sample")  # distill/ is rebuilt, samples are kept
+
+
+def test_eval_broader_is_outside_the_eval_hash_and_defaults_to_the_bigbench_suite():
+    from s2d_ray.config import BIGBENCH_SUITE
+
+    plain, broader = load_config(None, []), load_config(None, ["eval.broader={}"])
+    assert plain.eval.broader is None and broader.eval.broader.tasks == BIGBENCH_SUITE
+    assert plain.stage_hash("eval") == broader.stage_hash("eval")  # evaluation is not redone for it
+    assert len(BIGBENCH_SUITE) >= 8 and all(t.startswith("bigbench:") for t in BIGBENCH_SUITE)
+    with pytest.raises(S2DError, match="n_per_task"):
+        load_config(None, ["eval.broader.n_per_task=0"])

@@ -139,3 +139,26 @@ def test_write_derived_of_nothing(tmp_path, local_ray):
     out = OutputDir(str(tmp_path))
     assert write_derived(out, "h1") == {}
     assert read_manifest(out, "distill")["rows"] == 0 and manifest_files(out, "distill") == []
+
+
+def test_balance_caps_a_labels_share_of_the_distillation_set(tmp_path, local_ray):
+    from s2d_ray.datasets import balance_caps, derived_hash
+    from s2d_ray.tasks.spec import TaskSpec
+
+    task = TaskSpec(answer="label", labels=["Billing", "Technical", "Account"])
+    rows = ([result_row(f"b{i}", target="Billing") for i in range(42)] + [result_row(f"t{i}", target="Technical") for i in range(4)]
+            + [result_row(f"a{i}", target="Account") for i in range(2)] + [result_row("x", status="dropped")])
+    out = OutputDir(str(tmp_path))
+    out.write_table(table(*rows), "samples", "part-A-000000.parquet")
+    counts = write_derived(out, "h1", task, balance=0.5)
+    distill = read(out, "distill", manifest_files(out, "distill"))
+    kept = {label: distill["target"].to_pylist().count(label) for label in ("Billing", "Technical", "Account")}
+    assert kept == {"Billing": 6, "Technical": 4, "Account": 2} and counts["capped"] == 36 and counts["caps"] == {"Billing": 6}
+    assert counts["kept_labels"] == kept
+    manifest = read_manifest(out, "distill")
+    assert manifest["rows"] == 12 and manifest["config_hash"] == derived_hash("h1", 0.5) != "h1"  # training follows the cap
+    again = write_derived(out, "h1", task, balance=0.5)  # the same rows every time
+    assert again == counts and sorted(read(out, "distill")["id"].to_pylist()) == sorted(distill["id"].to_pylist())
+    assert balance_caps({"a": 10, "b": 10}, 0.4) == {}  # equal shares cannot go lower
+    write_derived(out, "h1", task)
+    assert read_manifest(out, "distill")["rows"] == 48  # off: every kept input

@@ -91,3 +91,29 @@ def test_majority_at_k_on_real_samples(loop, small_engine):
         got = _majority_at(scored, k, task.spec)
         assert got["n"] == 3 and got["correct"] == expected
         assert got["mean_generated_tokens"] == sum(s["tokens"] for r in scored for s in r["samples"][:k]) / 3
+
+
+PLAUSIBLE = ["A man carried a sofa up the stairs by himself.", "The child swam across the ocean before lunch.",
+             "She boiled water in a paper cup over a candle.", "The dog read the newspaper and frowned.",
+             "He froze the soup so that it would keep."]
+
+
+@pytest.mark.parametrize("task_name", ["label", "number"])
+def test_cot_samples_carry_reasoning_on_label_and_number_tasks(loop, small_engine, task_name):
+    """A real model asked to reason (CoT) generates far more than its System 1 answer, on a closed
+    label set as on numbers: the reasoning step's last line no longer tells it to answer "just"."""
+    from s2d_ray.tasks.spec import TaskSpec
+
+    if task_name == "label":
+        task = TaskSpec(name="plausibility", answer="label", labels=["plausible", "implausible"])
+        rows = [{"input": f"Is this sentence plausible or implausible? {s}", "meta": {}} for s in PLAUSIBLE]
+    else:
+        task = get_task("word_problems").spec
+        rows = [{"input": r["input"], "meta": {}} for r in get_task("word_problems").generate(5, seed=2, split="train")]
+    s1_tokens = s2_tokens = 0
+    for row in rows:
+        (s1,), _ = _run(loop, small_engine, system1_program("cot", task), row, 1, Sampling(0.0, 1.0, 64))
+        samples, _ = _run(loop, small_engine, get_program("cot", task), row, 2, Sampling(0.7, 0.95, 160))
+        s1_tokens += s1.tokens
+        s2_tokens += sum(s.tokens for s in samples) / len(samples)
+    assert s2_tokens >= 3 * s1_tokens, (s2_tokens / len(rows), s1_tokens / len(rows))

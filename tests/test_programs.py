@@ -104,7 +104,8 @@ def test_single_step_reasoning_programs(name, marker):
     assert call.n == 3
     prompt = call.messages[0]["content"]
     assert row["input"] in prompt and marker in prompt
-    assert "'Answer: <answer>'" in prompt and "Answer with just yes or no." in prompt
+    # The reasoning step names the answer's shape (final_line), not the System 1 format ("just ...").
+    assert "'Answer: <answer>'. The answer is yes or no." in prompt and "just" not in prompt
     assert [s.answer for s in samples] == ["no", "no", "yes"]
     assert [s.reasoning for s in samples] == [[o] for o in outs]
 
@@ -114,8 +115,8 @@ def test_cot_letters():
     gen = Script(lambda p, i, c: 'Elon -> n, Musk -> k.\nAnswer: "nk"')
     samples = run_one(program, {"input": 'Take the last letters of "Elon Musk".', "meta": {}}, 2, gen)
     assert [s.answer for s in samples] == ["nk", "nk"]
-    # No task format: the generic instruction is used for the step.
-    assert "Give just the final answer" in gen.prompts(0)[0]
+    # The reasoning step's last line names the kind's shape; "just" would make the model skip reasoning.
+    assert gen.prompts(0)[0].endswith("'Answer: <answer>'. The answer is the letters, nothing else.")
 
 
 # --------------------------------------------------------------------------- rar2
@@ -145,7 +146,7 @@ def test_rar2_rephrase_then_answer_each():
         assert f"(rephrased) Which city is the capital of Australia? (version {i})" in prompt
         # Deng et al.'s respond step reasons freely; the answer is asked for on the last line.
         assert "Use your answer for the rephrased question to answer the original question." in prompt
-        assert "'Answer: <answer>'" in prompt and prompt.endswith(QA.spec.instruction)
+        assert "'Answer: <answer>'" in prompt and prompt.endswith(QA.spec.final_instruction)
     assert [s.answer for s in samples] == ["Canberra", "Canberra", "Sydney"]
     assert samples[2].reasoning == ["Which city is the capital of Australia? (version 2)", "Many people think so.\nAnswer: Sydney"]
     assert samples[2].tokens == len("Which city is the capital of Australia? (version 2)".split()) + 6
@@ -411,3 +412,31 @@ def test_an_engine_error_fails_only_the_row_whose_call_raised():
 
 def test_drive_nothing_to_do():
     assert drive([], Script(lambda p, i, c: "x")) == []
+
+
+KINDS = [dict(answer="short"), dict(answer="yes_no"), dict(answer="letters"), dict(answer="number"),
+         dict(answer="label", labels=["plausible", "implausible"]), dict(answer="choice"),
+         dict(answer="regex", pattern=r"Total: (\d+)"), dict(answer="text")]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k["answer"] for k in KINDS])
+@pytest.mark.parametrize("method", ["cot", "rar1", "rar2"])
+def test_reasoning_steps_ask_for_reasoning_on_every_answer_kind(method, kind):
+    """A reasoning step names what its last line holds, never "answer with just ..." (which made
+    CoT answer a label task in 3 tokens); System 1 keeps the terse line."""
+    from s2d_ray.programs import get_program, system1_program
+    from s2d_ray.programs.base import Completion
+    from s2d_ray.tasks.spec import TaskSpec
+
+    task = TaskSpec(**kind)
+    run = get_program(method, task).run({"input": "Is it plausible that a cat reads?", "meta": {}}, 2)
+    calls = next(run)
+    if method == "rar2":  # the rephrase step, then the reasoning step
+        calls = run.send([[Completion("Can a cat read?", 4)] * c.n for c in calls])
+    prompt = calls[0].messages[-1]["content"]
+    assert "just" not in prompt.lower(), prompt
+    assert "After your reasoning, write the final answer on the last line as 'Answer: <answer>'." in prompt
+    if kind["answer"] == "label":
+        assert prompt.endswith("The answer is one of: plausible, implausible.")
+    system1 = system1_program(method, task).system1_input({"input": "Is it plausible that a cat reads?", "meta": {}})
+    assert system1.endswith(task.instruction)

@@ -40,7 +40,7 @@ def _start(out: Path, data: Path, delay: float = 0.0) -> subprocess.Popen:
     sets = [f"output_dir={out}", f"data.train={data}", "data.n_train=null", "sample.n_samples=2",
             "sample.actors.batch_size=4", "sample.actors.max_concurrent_batches=2"]
     env = {**os.environ, "S2D_FAKE_ENGINE_DELAY_S": str(delay)}
-    return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "fake_engine.py"), str(ROOT / "configs" / "smoke.yaml"),
+    return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "fake_engine.py"), "sample", str(ROOT / "configs" / "smoke.yaml"),
                              *[a for s in sets for a in ("--set", s)]],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 

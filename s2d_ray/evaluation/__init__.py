@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from s2d_ray.config import RunConfig, content
 from s2d_ray.errors import S2DError
-from s2d_ray.evaluation.metrics import paired_bootstrap_delta, summarize, swap_inconsistency
-from s2d_ray.evaluation.report import format_report, write_report
+from s2d_ray.evaluation.metrics import (label_summary, one_label_warning, paired_balanced_delta, paired_bootstrap_delta,
+                                        summarize, swap_inconsistency)
+from s2d_ray.evaluation.report import LABELS, format_report, write_report
 from s2d_ray.inputs import read_inputs
 from s2d_ray.datasets import ShardSink, files_digest, read_results
 from s2d_ray.outputs import OutputDir, manifest_files, new_run_id, read_manifest, run_files, write_manifest
@@ -98,8 +99,8 @@ def _majority_at(rows: list[dict[str, Any]], k: int, task: TaskSpec) -> dict[str
 
 
 SCORED_SCHEMA = pa.schema([("job", pa.string()), ("key", pa.string()), ("status", pa.string()), ("correct", pa.bool_()),
-                           ("verdict", pa.string()), ("generated_tokens", pa.int64()), ("meta", pa.string()),
-                           ("majority", pa.string())])
+                           ("verdict", pa.string()), ("gold", pa.string()), ("predicted", pa.string()),
+                           ("generated_tokens", pa.int64()), ("meta", pa.string()), ("majority", pa.string())])
 
 
 def score_rows(batch: pa.Table, specs: dict[str, dict[str, Any]], keep: list[str], ks: list[int]) -> pa.Table:
@@ -111,17 +112,22 @@ def score_rows(batch: pa.Table, specs: dict[str, dict[str, Any]], keep: list[str
     for r in batch.to_pylist():
         spec, task = jobs[r["job"]], tasks[r["job"]]
         r["meta_d"] = json.loads(r["meta"] or "{}")
-        correct = verdict = None
+        correct = verdict = gold = predicted = None
         majority: dict[str, Any] = {}
+        closed = task is not None and task.answers.closed_set is not None
         if r["status"] != "rejected":
             text = r["samples"][0]["text"] if spec.method == "direct" else (r["target"] or "")
             verdict = (task.extract(text) if task else None) if spec.method == "direct" else r["target"]
             if r["answer"] is not None and task is not None:
                 correct = bool(task.is_correct(text, _gold(r)))
+            if closed:  # the label the system gave, and the one it should have
+                predicted = task.extract(verdict) if verdict else None
+                gold = task.extract(r["answer"]) if r["answer"] is not None else None
             if task is not None and (spec.n_samples > 1):
                 majority = {str(k): _majority_row(r, k, task) for k in ks}
         out.append({"job": r["job"], "key": r["id"].split("/", 1)[1] if r["id"] else None, "status": r["status"],
-                    "correct": correct, "verdict": verdict, "generated_tokens": r["generated_tokens"],
+                    "correct": correct, "verdict": verdict, "gold": gold, "predicted": predicted,
+                    "generated_tokens": r["generated_tokens"],
                     "meta": json.dumps({c: r["meta_d"][c] for c in keep if r["meta_d"].get(c) is not None}),
                     "majority": json.dumps(majority)})
     return pa.Table.from_pylist(out, schema=SCORED_SCHEMA)
@@ -168,6 +174,18 @@ def figures(out: OutputDir, files: dict[str, list[str]], cfg: RunConfig) -> dict
     for name, rows in jobs.items():  # pairwise judging: verdicts of both orders of a pair
         if (swap := swap_inconsistency(rows)) is not None:
             systems[name]["swap_inconsistent"] = swap
+    closed = cfg.task_spec.answers.closed_set if cfg.task_spec is not None else None
+    balanced_delta = None
+    if closed:  # per-label truth: what a constant answer or a skewed test set would hide
+        for name, rows in jobs.items():
+            if (labels := label_summary(rows, closed, seed=cfg.data.seed)) is not None:
+                systems[name]["labels"] = labels
+                systems[name]["balanced_accuracy"] = labels["balanced_accuracy"]
+                systems[name]["balanced_accuracy_ci95"] = labels["balanced_accuracy_ci95"]
+        if "system1" in jobs:
+            pairs = {name: {r["key"]: (r["gold"], bool(r["correct"])) for r in jobs[name]
+                            if r["correct"] is not None and r["gold"] is not None} for name in ("system1", "distilled")}
+            balanced_delta = paired_balanced_delta(pairs["system1"], pairs["distilled"], seed=cfg.data.seed)
     subsets: dict[str, Any] = {}
     for column in cfg.eval.group_by:  # e.g. variant: one subset per value, each with its delta
         for value in sorted({str(r["meta_d"][column]) for r in jobs["distilled"] if r["meta_d"].get(column) is not None}):
@@ -179,7 +197,25 @@ def figures(out: OutputDir, files: dict[str, list[str]], cfg: RunConfig) -> dict
     for task in cfg.eval.broader_tasks if cfg.eval.base else []:
         job = f"broader:{task}"
         broader[task] = _delta(_by_job(base, job), _by_job(dist, job), cfg.data.seed)
-    return {"systems": systems, "subsets": subsets, "broader": broader, "majority_at": majority_at}
+    return {"systems": systems, "subsets": subsets, "broader": broader, "majority_at": majority_at,
+            "balanced_delta": balanced_delta}
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    """What a reader of the figures must not miss: a system that gives one answer to more than
+    90% of the test inputs (its accuracy is that label's share of the test set), a distillation
+    set whose kept targets are more than 90% one label."""
+    out = []
+    for name, m in report["systems"].items():
+        if (labels := m.get("labels")) and (c := labels["constant"]):
+            out.append(f"{LABELS[name]} answers {c['answer']!r} to {c['n']} of {labels['n']} test inputs ({c['share']:.0%}): "
+                       f"its accuracy is that label's share of the test set (balanced accuracy "
+                       f"{100 * labels['balanced_accuracy']:.1f}%, majority-class baseline "
+                       f"{100 * labels['majority_baseline']['accuracy']:.1f}%)")
+    kept = (report.get("distillation_set") or {}).get("kept_target_labels")
+    if kept and (w := one_label_warning("the distillation set's kept targets", kept)):
+        out.append(w + "; the distilled model learns mostly that label (sample.filter.balance caps a label's share)")
+    return out
 
 
 def score_stage(out: OutputDir, stage: str, specs: dict[str, StageSpec], cfg: RunConfig, config_hash: str) -> list[str]:
@@ -244,10 +280,12 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
         "subsets": figs["subsets"],
         "broader": figs["broader"],
         "majority_at": figs["majority_at"],
+        "balanced_delta": figs["balanced_delta"],
         "stages": stats,
     }
     if out.exists("samples_summary.json"):
         report["distillation_set"] = {k: v for k, v in out.read_json("samples_summary.json").items() if k != "this_run"}
+    report["warnings"] = warnings(report)
     report["training"] = {k: trained[k] for k in ("finetune", "zero_stage", "examples", "steps", "first_loss", "last_loss")}
     write_report(out, report)
     return report

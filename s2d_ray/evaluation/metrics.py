@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 
@@ -76,3 +77,92 @@ def swap_inconsistency(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     bad = sum(p["ab"] is None or _SWAPPED.get(p["ba"] or "") != p["ab"] for p in both)
     return {"pairs": len(both), "inconsistent": bad, "fraction": bad / len(both), "ci95": list(wilson(bad, len(both)))}
+
+
+NO_ANSWER = "(no answer)"
+CONSTANT_SHARE = 0.9  # a system giving one answer to more than this share of inputs is flagged
+
+
+def _stratified(labels: list[str], outcomes: dict[str, list[bool]], reps: int, seed: int) -> tuple[float, tuple[float, float]]:
+    """Balanced accuracy (mean recall over gold labels) and its 95% interval: each label's
+    recall resampled within that label (a stratified bootstrap, drawn as binomials)."""
+    import numpy as np
+
+    present = [label for label in labels if outcomes.get(label)]
+    recalls = [sum(outcomes[label]) / len(outcomes[label]) for label in present]
+    rng = np.random.default_rng(seed)
+    draws = np.mean([rng.binomial(len(outcomes[label]), r, size=reps) / len(outcomes[label])
+                     for label, r in zip(present, recalls)], axis=0)
+    stats = np.sort(draws)
+    return float(np.mean(recalls)), (float(stats[int(0.025 * reps)]), float(stats[int(0.975 * reps) - 1]))
+
+
+def label_summary(rows: list[dict[str, Any]], labels: tuple[str, ...], reps: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """Per-label truth of one system on a closed answer set, from scored rows (keys: status,
+    correct, gold, predicted): gold and predicted label counts, the confusion table, the
+    majority-class baseline, balanced accuracy with its interval, and the answer it gives to
+    more than 90% of inputs, if any. None without labelled rows."""
+    scored = [r for r in rows if r["status"] != "rejected" and r["correct"] is not None and r.get("gold") is not None]
+    if not scored:
+        return None
+    order = list(labels) + sorted({r["gold"] for r in scored} - set(labels))
+    gold = Counter(r["gold"] for r in scored)
+    predicted = Counter(r.get("predicted") or NO_ANSWER for r in scored)
+    confusion = {g: {p: 0 for p in [*order, NO_ANSWER]} for g in order if gold[g]}
+    for r in scored:
+        confusion[r["gold"]][r.get("predicted") or NO_ANSWER] += 1
+    outcomes: dict[str, list[bool]] = {}
+    for r in scored:
+        outcomes.setdefault(r["gold"], []).append(bool(r["correct"]))
+    balanced, ci = _stratified(order, outcomes, reps, seed)
+    top, top_n = predicted.most_common(1)[0]
+    majority, majority_n = gold.most_common(1)[0]
+    n = len(scored)
+    return {
+        "n": n,
+        "gold": {label: gold[label] for label in order if gold[label]},
+        "predicted": {label: predicted[label] for label in [*order, NO_ANSWER] if predicted[label]},
+        "confusion": confusion,
+        "majority_baseline": {"label": majority, "accuracy": majority_n / n},
+        "balanced_accuracy": balanced,
+        "balanced_accuracy_ci95": list(ci),
+        "constant": {"answer": top, "n": top_n, "share": top_n / n} if top_n / n > CONSTANT_SHARE else None,
+    }
+
+
+def paired_balanced_delta(a: dict[str, tuple[str, bool]], b: dict[str, tuple[str, bool]], reps: int = 2000,
+                          seed: int = 0) -> dict[str, Any] | None:
+    """Balanced accuracy of ``b`` minus ``a`` on their shared ids (id -> (gold label, correct)),
+    with a paired bootstrap interval: within each gold label, the four cells of paired outcomes
+    drawn from a multinomial."""
+    import numpy as np
+
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return None
+    cells: dict[str, list[int]] = {}
+    for i in ids:
+        c = cells.setdefault(a[i][0], [0, 0, 0, 0])  # both right, only a, only b, neither
+        c[{(True, True): 0, (True, False): 1, (False, True): 2, (False, False): 3}[(a[i][1], b[i][1])]] += 1
+    rng = np.random.default_rng(seed)
+    deltas = np.zeros(reps)
+    point = 0.0
+    for c in cells.values():
+        n = sum(c)
+        point += (c[2] - c[1]) / n
+        draws = rng.multinomial(n, np.array(c) / n, size=reps)
+        deltas += (draws[:, 2] - draws[:, 1]) / n
+    deltas, point = np.sort(deltas / len(cells)), point / len(cells)
+    return {"delta": point, "delta_ci95": [float(deltas[int(0.025 * reps)]), float(deltas[int(0.975 * reps) - 1])],
+            "n": len(ids)}
+
+
+def one_label_warning(what: str, counts: dict[str, int]) -> str | None:
+    """A warning when one label is more than 90% of ``counts`` (None otherwise)."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    label, n = max(counts.items(), key=lambda kv: kv[1])
+    if n / total <= CONSTANT_SHARE:
+        return None
+    return f"{what}: {n} of {total} ({n / total:.0%}) are {label!r}"

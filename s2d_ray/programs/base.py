@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generator
 
 from s2d_ray.answers import AnswerSpec
+from s2d_ray.tasks.spec import FINAL_LINES
 
 if TYPE_CHECKING:
     from s2d_ray.tasks.spec import TaskSpec
@@ -62,12 +63,13 @@ def with_format(text: str, answer_format: str) -> str:
     return f"{text.rstrip()}\n\n{answer_format}".strip()
 
 
-def reason_then_answer(text: str, answer_format: str) -> str:
-    """Prompt suffix shared by methods that reason before answering."""
+def reason_then_answer(text: str, final_line: str) -> str:
+    """A reasoning step's prompt: reason first, the final answer on the last line (``final_line``
+    says what it holds, never "answer with just", which made the model skip the reasoning)."""
     return (
         f"{text.rstrip()}\n\nAfter your reasoning, write the final answer on the last line as "
-        f"'Answer: <answer>'. {answer_format}"
-    )
+        f"'Answer: <answer>'. {final_line}"
+    ).strip()
 
 
 class Program(ABC):
@@ -82,6 +84,7 @@ class Program(ABC):
         self.answers = task.answers if task else AnswerSpec()
         self.answer_format = task.instruction if task else ""  # "" for free-form user data
         self.step_format = self.answer_format or "Give just the final answer, as briefly as possible."
+        self.final_format = task.final_instruction if task else FINAL_LINES["short"]  # reasoning steps
         self.system_prompt = task.system_prompt if task else None
 
     def extract(self, text: str) -> str | None:

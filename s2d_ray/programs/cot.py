@@ -11,6 +11,6 @@ class CoT(Program):
     name = "cot"
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
-        prompt = reason_then_answer(f"{row['input']}\n\nLet's think step by step.", self.step_format)
+        prompt = reason_then_answer(f"{row['input']}\n\nLet's think step by step.", self.final_format)
         (outs,) = yield [self.call(prompt, n=n)]
         return [Sample(self.extract(o.text), [o.text], o.tokens) for o in outs]

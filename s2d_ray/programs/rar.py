@@ -22,7 +22,7 @@ class RaR1(Program):
     name = "rar1"
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
-        prompt = reason_then_answer(ONE_STEP.format(input=row["input"]), self.step_format)
+        prompt = reason_then_answer(ONE_STEP.format(input=row["input"]), self.final_format)
         (outs,) = yield [self.call(prompt, n=n)]
         return [Sample(self.extract(o.text), [o.text], o.tokens) for o in outs]
 
@@ -33,7 +33,7 @@ class RaR2(Program):
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
         (rephrasings,) = yield [self.call(REPHRASE.format(input=row["input"]), n=n)]
         answers = yield [
-            self.call(reason_then_answer(ANSWER.format(input=row["input"], rephrased=r.text.strip()), self.step_format))
+            self.call(reason_then_answer(ANSWER.format(input=row["input"], rephrased=r.text.strip()), self.final_format))
             for r in rephrasings
         ]
         return [

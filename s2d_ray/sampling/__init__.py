@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from s2d_ray.config import RunConfig
-from s2d_ray.inputs import read_inputs
 from s2d_ray.datasets import write_derived
+from s2d_ray.evaluation.metrics import one_label_warning
+from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
 from s2d_ray.runtime import init_ray
 from s2d_ray.stage import run_stage, sample_spec
@@ -21,9 +22,9 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
     spec = sample_spec(cfg)
     ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")
     stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples")
-    counts = write_derived(out, spec.config_hash, cfg.task_spec)
+    counts = write_derived(out, spec.config_hash, cfg.task_spec, cfg.sample.filter.balance)
     total = sum(counts.get(s, 0) for s in ("kept", "dropped", "rejected"))
-    n_kept, n_rejected = counts.get("kept", 0), counts.get("rejected", 0)
+    n_kept, n_rejected = counts.get("kept", 0) - counts.get("capped", 0), counts.get("rejected", 0)
     valid = total - n_rejected
     summary = {
         "model": cfg.model,
@@ -35,8 +36,11 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
         "kept": n_kept,
         "kept_fraction": round(n_kept / valid, 4) if valid else 0.0,
         "rejected": n_rejected,
+        **({"capped": counts["capped"], "caps": counts.get("caps", {})} if counts.get("capped") else {}),
         "this_run": stats.as_dict(),
     }
+    if counts.get("kept_labels"):  # a closed answer set: what the distilled model will learn to say
+        summary["kept_target_labels"] = dict(sorted(counts["kept_labels"].items(), key=lambda kv: -kv[1]))
     if counts.get("kept_with_answer"):  # ground truth of kept targets: for the report only, never for distillation
         right, labelled = counts["kept_correct"], counts["kept_with_answer"]
         summary["kept_target_accuracy"] = {"correct": right, "kept_with_answer": labelled, "accuracy": round(right / labelled, 4)}
@@ -56,6 +60,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if run["reasons"]:
         lines.append(f"  drop/reject reasons: {run['reasons']}")
+    if summary.get("capped"):
+        lines.append(f"  sample.filter.balance left {summary['capped']} kept inputs out of distill/ (at most per label: {summary['caps']})")
+    if labels := summary.get("kept_target_labels"):
+        lines.append(f"  kept targets per label: {labels}")
+        if warning := one_label_warning("the distillation set's kept targets", labels):
+            lines.append(f"  WARNING: {warning}")
     if acc := summary.get("kept_target_accuracy"):
         lines.append(f"  kept-target accuracy (labels used for this report only): {acc['correct']}/{acc['kept_with_answer']} = {acc['accuracy']:.0%}")
     return "\n".join(lines)

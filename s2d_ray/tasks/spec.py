@@ -26,6 +26,19 @@ DEFAULT_FORMATS: dict[str, str] = {
 }
 
 
+# What the last line of a reasoning step holds (System 2 programs that reason first): naming the
+# answer's shape without "just", which made the model skip its reasoning (issue: CoT on a label
+# task averaged 3 generated tokens when the line said "Answer with just one of: ...").
+FINAL_LINES: dict[str, str] = {
+    "short": "The answer itself is a short phrase.",
+    "yes_no": "The answer is yes or no.",
+    "letters": "The answer is the letters, nothing else.",
+    "number": "The answer is a number, without units.",
+    "regex": "",
+    "text": "",
+}
+
+
 class TaskSpec(BaseModel):
     """What a task's answers look like (the config's ``task:`` section, or a built-in task's)."""
 
@@ -41,7 +54,12 @@ class TaskSpec(BaseModel):
     labels: list[str] | dict[str, list[str]] | None = Field(
         None, description="label/choice: the allowed answers, or a mapping label -> aliases that count as it.")
     pattern: str | None = Field(None, description="regex: a pattern with a group that captures the answer.")
-    format: str | None = Field(None, description="Instruction appended to prompts (default: one per answer kind).")
+    format: str | None = Field(None, description="Instruction appended to System 1 prompts and to the answering "
+                               "steps of System 2 programs (default: one per answer kind).")
+    final_line: str | None = Field(
+        None, description="What the final 'Answer:' line of a reasoning step holds, after the model has reasoned "
+        "(default: one per answer kind, e.g. 'The answer is one of: A, B.'); unlike `format` it never asks "
+        "for just the answer, so the model still reasons.")
     system_prompt: str | None = Field(None, description="System message of every prompt (System 1 and System 2).")
     scoring: Scoring | None = Field(
         None,
@@ -93,6 +111,16 @@ class TaskSpec(BaseModel):
             names = list(self.label_map) or ["A", "B", "tie"]
             return f"Answer with just one of: {', '.join(names)}."
         return DEFAULT_FORMATS[self.answer]
+
+    @property
+    def final_instruction(self) -> str:
+        """What a reasoning step's last line holds (``final_line``, or one per answer kind)."""
+        if self.final_line is not None:
+            return self.final_line
+        if self.answer in ("label", "choice"):
+            names = list(self.label_map) or ["A", "B", "tie"]
+            return f"The answer is one of: {', '.join(names)}."
+        return FINAL_LINES[self.answer]
 
     @property
     def scorer(self) -> Scoring:
