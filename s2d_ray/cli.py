@@ -59,6 +59,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_broader(args: argparse.Namespace) -> int:
+    from s2d_ray.evaluation.harness import broader
+    from s2d_ray.evaluation.report import format_harness
+
+    summary = broader(_load(args))
+    print("\n".join(format_harness(summary["tasks"], summary["settings"])))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from s2d_ray.pipeline import run
 
@@ -98,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_parser(sub, "sample", "System 2 sampling + self-consistency filtering (writes samples/, distill/, rejected/)").set_defaults(func=_cmd_sample)
     _config_parser(sub, "train", "fine-tune on distill/ with Ray Train + DeepSpeed (writes model/)").set_defaults(func=_cmd_train)
     _config_parser(sub, "eval", "System 1 vs System 2 vs distilled System 1 (writes report.json/.md/.png)").set_defaults(func=_cmd_eval)
+    _config_parser(sub, "broader", "base vs distilled model on standard benchmarks with lm-evaluation-harness "
+                   "(eval.broader; default: a BIG-bench suite, fetched once) into broader/").set_defaults(func=_cmd_broader)
     _config_parser(sub, "run", "the whole loop, resumable: sample -> filter -> train -> eval").set_defaults(func=_cmd_run)
 
     paper = sub.add_parser("paper", help="every config with the paper's baselines, resumable, into one table",

@@ -36,6 +36,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     t = time.perf_counter()
     report = evaluate(cfg)
     timings["eval_s"] = time.perf_counter() - t
+    if cfg.eval.broader is not None:
+        from s2d_ray.evaluation.harness import broader
+
+        stage("broader (lm-evaluation-harness)")
+        t = time.perf_counter()
+        report["harness"] = {k: v for k, v in broader(cfg).items() if k in ("settings", "tasks")}
+        timings["broader_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
     out = OutputDir(cfg.output_dir)
     print("\n" + format_report(report))
