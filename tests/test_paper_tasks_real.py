@@ -98,11 +98,25 @@ PLAUSIBLE = ["A man carried a sofa up the stairs by himself.", "The child swam a
              "He froze the soup so that it would keep."]
 
 
+@pytest.fixture(scope="module")
+def demo_engine(loop):
+    """The demo's model (Qwen2.5-Coder-0.5B): SmolLM2 rambles past "answer with just" in System 1
+    (61 tokens on the label task), so only a model that follows the terse line shows the contrast."""
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.engine import Engine
+
+    engine = Engine("qwen2.5-coder-0.5b-instruct", EngineConfig(max_model_len=1024, cpu_kv_cache_gib=1))
+    yield engine
+    engine.shutdown()
+
+
 @pytest.mark.parametrize("task_name", ["label", "number"])
-def test_cot_samples_carry_reasoning_on_label_and_number_tasks(loop, small_engine, task_name):
+def test_cot_samples_carry_reasoning_on_label_and_number_tasks(loop, demo_engine, task_name):
     """A real model asked to reason (CoT) generates far more than its System 1 answer, on a closed
     label set as on numbers: the reasoning step's last line no longer tells it to answer "just"."""
     from s2d_ray.tasks.spec import TaskSpec
+
+    small_engine = demo_engine
 
     if task_name == "label":
         task = TaskSpec(name="plausibility", answer="label", labels=["plausible", "implausible"])

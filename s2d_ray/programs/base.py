@@ -67,8 +67,8 @@ def reason_then_answer(text: str, final_line: str) -> str:
     """A reasoning step's prompt: reason first, the final answer on the last line (``final_line``
     says what it holds, never "answer with just", which made the model skip the reasoning)."""
     return (
-        f"{text.rstrip()}\n\nAfter your reasoning, write the final answer on the last line as "
-        f"'Answer: <answer>'. {final_line}"
+        f"{text.rstrip()}\n\nFirst write out your reasoning, step by step. After your reasoning, write the final "
+        f"answer on the last line as 'Answer: <answer>'. {final_line}"
     ).strip()
 
 
