@@ -87,7 +87,10 @@ def extract_letters(text: str) -> str | None:
     return tokens[-1].lower() if len(tokens) > 1 and len(tokens[-1]) > 1 else tokens[0].lower()
 
 
-def extract_choice(text: str, options: tuple[str, ...] = ("A", "B", "tie")) -> str | None:
+PAIRWISE = ("A", "B", "tie")  # a choice task without labels: which response is better
+
+
+def extract_choice(text: str, options: tuple[str, ...] = PAIRWISE) -> str | None:
     """One of ``options`` from the answer span, else the last one mentioned. Single-letter
     options match only in upper case (so the article "a" is not option A); words match in any case."""
     alternatives = [re.escape(o) if len(o) == 1 else f"(?i:{re.escape(o)})" for o in options]
@@ -195,7 +198,7 @@ class AnswerSpec:
         if self.kind == "yes_no":
             return ("yes", "no")
         if self.kind == "choice":
-            return tuple(label for label, _ in self.labels) or ("A", "B", "tie")
+            return tuple(label for label, _ in self.labels) or PAIRWISE
         if self.kind == "label":
             return tuple(label for label, _ in self.labels)
         return None
@@ -212,7 +215,7 @@ class AnswerSpec:
         if self.kind == "letters":
             return extract_letters(text)
         if self.kind == "choice":
-            return extract_choice(text, tuple(label for label, _ in self.labels) or ("A", "B", "tie"))
+            return extract_choice(text, self.closed_set)
         if self.kind == "number":
             return extract_number(text)
         if self.kind == "label":

@@ -107,8 +107,9 @@ class DerivedSink(Datasink):
     and, with a task, its kept targets per label (closed answer sets) and how many match ground
     truth (for the report only)."""
 
-    def __init__(self, out: OutputDir, run_id: str, task: "TaskSpec | None", caps: dict[str, int] | None = None) -> None:
-        self.out, self.run_id, self.task, self.caps = out, run_id, task, caps or {}
+    def __init__(self, out: OutputDir, run_id: str, task: "TaskSpec | None", thresholds: dict[str, int] | None = None) -> None:
+        # sample.filter.balance: per capped label, the highest id rank it keeps
+        self.out, self.run_id, self.task, self.thresholds = out, run_id, task, thresholds or {}
         self.summaries: list[dict[str, int]] = []
 
     def get_name(self) -> str:
@@ -124,8 +125,8 @@ class DerivedSink(Datasink):
             counts[value["values"]] = value["counts"]
         kept = batch.filter(pc.equal(batch["status"], "kept"))
         rejected = batch.filter(pc.equal(batch["status"], "rejected"))
-        if self.caps and kept.num_rows:  # sample.filter.balance: a capped label's surplus stays out
-            over = [label in self.caps and rank > self.caps[label]
+        if self.thresholds and kept.num_rows:  # sample.filter.balance: a capped label's surplus stays out
+            over = [label in self.thresholds and rank > self.thresholds[label]
                     for label, rank in zip(kept["target"].to_pylist(), id_ranks(kept["id"].to_pylist()).tolist())]
             counts["capped"] = sum(over)
             kept = kept.filter(pa.array([not o for o in over]))
@@ -183,7 +184,7 @@ def _rank_thresholds(caps: dict[str, int], *tables: pa.Table) -> dict[str, int]:
     """For each capped label, the rank of the last row it keeps (its ``cap`` lowest ranks)."""
     import numpy as np
 
-    table = pa.concat_tables([t for t in tables if t.num_rows]) if any(t.num_rows for t in tables) else None
+    table = pa.concat_tables(tables)  # a capped label has kept rows, so there are some
     out = {}
     for label, cap in caps.items():
         ranks = np.sort(table.filter(pc.equal(table["target"], label))["rank"].to_numpy())

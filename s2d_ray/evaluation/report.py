@@ -132,6 +132,14 @@ def format_harness(tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -
     return [*lines, ""]
 
 
+def _delta_bars(ax: Any, y: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Horizontal bars of ``delta`` (points) with their 95% intervals, red below zero."""
+    deltas = [100 * r["delta"] for r in rows]
+    errs = [[100 * (r["delta"] - r["delta_ci95"][0]) for r in rows], [100 * (r["delta_ci95"][1] - r["delta"]) for r in rows]]
+    ax.barh(y, deltas, xerr=errs, capsize=4, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
+    ax.axvline(0, color="black", linewidth=0.8)
+
+
 def plot_harness(tasks: dict[str, dict[str, Any]], title: str) -> bytes:
     """PNG: each harness task's base and distilled scores, and the paired delta with its interval."""
     import matplotlib
@@ -148,11 +156,7 @@ def plot_harness(tasks: dict[str, dict[str, Any]], title: str) -> bytes:
     ax1.set_xlabel("score (%)")
     ax1.set_xlim(0, 100)
     ax1.legend(loc="lower right")
-    deltas = [100 * tasks[n]["delta"] for n in names]
-    errs = [[100 * (tasks[n]["delta"] - tasks[n]["delta_ci95"][0]) for n in names],
-            [100 * (tasks[n]["delta_ci95"][1] - tasks[n]["delta"]) for n in names]]
-    ax2.barh(y, deltas, xerr=errs, capsize=3, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
-    ax2.axvline(0, color="black", linewidth=0.8)
+    _delta_bars(ax2, y, [tasks[n] for n in names])
     ax2.set_xlabel("distilled - base (points, 95% CI)")
     ax1.invert_yaxis()
     fig.suptitle(title)
@@ -200,11 +204,7 @@ def plot(report: dict[str, Any]) -> bytes:
     broader = {**report.get("broader", {}), **(report.get("harness") or {}).get("tasks", {})}
     names = list(broader)
     if names:
-        deltas = [100 * broader[n]["delta"] for n in names]
-        errs = [[100 * (broader[n]["delta"] - broader[n]["delta_ci95"][0]) for n in names],
-                [100 * (broader[n]["delta_ci95"][1] - broader[n]["delta"]) for n in names]]
-        ax2.barh([_wrap_task(n) for n in names], deltas, xerr=errs, capsize=4, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
-        ax2.axvline(0, color="black", linewidth=0.8)
+        _delta_bars(ax2, [_wrap_task(n) for n in names], [broader[n] for n in names])
     ax2.set_xlabel("distilled - base accuracy (points, 95% CI)")
     ax2.set_title("broader performance")
     fig.suptitle(f"{report['method']} distillation on {report['task']} ({report['model']})")

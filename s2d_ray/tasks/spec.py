@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from s2d_ray.answers import (
-    AnswerKind, AnswerSpec, canonical_number, contains_phrase, extract_label, extract_number, normalize,
+    PAIRWISE, AnswerKind, AnswerSpec, canonical_number, contains_phrase, extract_label, extract_number, normalize,
 )
 
 Scoring = Literal["exact", "numeric", "label", "contains"]
@@ -108,8 +108,7 @@ class TaskSpec(BaseModel):
         if self.format is not None:
             return self.format
         if self.answer in ("label", "choice"):
-            names = list(self.label_map) or ["A", "B", "tie"]
-            return f"Answer with just one of: {', '.join(names)}."
+            return f"Answer with just one of: {self._one_of}."
         return DEFAULT_FORMATS[self.answer]
 
     @property
@@ -118,9 +117,13 @@ class TaskSpec(BaseModel):
         if self.final_line is not None:
             return self.final_line
         if self.answer in ("label", "choice"):
-            names = list(self.label_map) or ["A", "B", "tie"]
-            return f"The answer is one of: {', '.join(names)}."
+            return f"The answer is one of: {self._one_of}."
         return FINAL_LINES[self.answer]
+
+    @property
+    def _one_of(self) -> str:
+        """label/choice: the allowed answers as prompts list them."""
+        return ", ".join(self.label_map or PAIRWISE)
 
     @property
     def scorer(self) -> Scoring:
