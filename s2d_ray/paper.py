@@ -23,14 +23,27 @@ BASELINES: dict[str, tuple[str, list[str]]] = {  # overrides; {method}: the conf
     "no_filter": ("Distilled, no filter (baseline)", ["sample.filter.kind=none"]),
 }
 SYSTEMS = {"system1": "System 1", "system2": "System 2", "distilled": "Distilled System 1"}
-METRICS = ("accuracy", "accuracy_ci95", "mean_generated_tokens", "n", "swap_inconsistent")
+METRICS = ("accuracy", "accuracy_ci95", "mean_generated_tokens", "n", "swap_inconsistent",
+           "balanced_accuracy", "balanced_accuracy_ci95")
+
+
+def _metrics(system: dict[str, Any]) -> dict[str, Any]:
+    """One system's cell figures; on a closed answer set also the answer it gives to more than
+    90% of the test inputs (None if none), so the table cannot show a constant answer as a score."""
+    m = {k: system.get(k) for k in METRICS}
+    if labels := system.get("labels"):
+        m["constant"] = labels["constant"]
+        m["majority_baseline"] = labels["majority_baseline"]
+    return m
 
 
 def _entry(name: str, report: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One method's row group of the table, from its report and its baselines' reports."""
-    systems = {key: {m: report["systems"][key].get(m) for m in METRICS} for key in SYSTEMS if key in report["systems"]}
+    systems = {key: _metrics(report["systems"][key]) for key in SYSTEMS if key in report["systems"]}
     for key, base in baselines.items():
-        systems[key] = {m: base["systems"]["distilled"].get(m) for m in METRICS}
+        systems[key] = _metrics(base["systems"]["distilled"])
+    warnings = [*report.get("warnings", []),
+                *(f"{BASELINES[key][0]}: {w}" for key, base in baselines.items() for w in base.get("warnings", []))]
     return {
         "config": name, "task": report["task"], "method": report["method"], "model": report["model"],
         "systems": systems,
@@ -39,6 +52,7 @@ def _entry(name: str, report: dict[str, Any], baselines: dict[str, dict[str, Any
         "broader": {t: {k: b[k] for k in ("base", "distilled", "delta", "delta_ci95", "n")}
                     for t, b in report.get("broader", {}).items()},
         "distillation_set": {k: report.get("distillation_set", {}).get(k) for k in ("kept", "valid_inputs", "n_samples")},
+        "warnings": warnings,
     }
 
 
@@ -51,6 +65,11 @@ def _cell(m: dict[str, Any] | None) -> str:
         return "-"
     lo, hi = m["accuracy_ci95"]
     cell = f"{_pct(m['accuracy'])} [{_pct(lo)}, {_pct(hi)}], {m['mean_generated_tokens']:.0f} tok"
+    if m.get("balanced_accuracy") is not None:
+        lo, hi = m["balanced_accuracy_ci95"]
+        cell += f", balanced {_pct(m['balanced_accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+    if c := m.get("constant"):
+        cell += f", {c['share']:.0%} {c['answer']!r}"
     if sw := m.get("swap_inconsistent"):
         cell += f", {_pct(sw['fraction'])}% inconsistent"
     return cell
@@ -61,14 +80,18 @@ def labels() -> dict[str, str]:
 
 
 def format_table(entries: list[dict[str, Any]]) -> str:
-    """Markdown: per method, accuracy % [95% CI] and mean generated tokens of every system."""
+    """Markdown: per method, accuracy % [95% CI] and mean generated tokens of every system; on a
+    closed answer set also balanced accuracy [95% CI] and a constant answer's share; under the
+    table each method's majority-class baseline and warnings."""
     names = labels()
     lines = ["| task (method) | " + " | ".join(names.values()) + " |", "|---|" + "---|" * len(names)]
     for e in entries:
         lines.append(f"| {e['task']} ({e['method']}) | " + " | ".join(_cell(e["systems"].get(k)) for k in names) + " |")
     lines.append("")
     for e in entries:
-        extra = []
+        extra = [f"- warning: {w}" for w in e.get("warnings", [])]
+        if baseline := next((m["majority_baseline"] for m in e["systems"].values() if m.get("majority_baseline")), None):
+            extra.append(f"- majority-class baseline (always {baseline['label']!r}): {_pct(baseline['accuracy'])}%")
         if e["subsets"]:
             extra += [f"- subset {k}: " + ", ".join(f"{SYSTEMS[s]} {_pct(a)}%" for s, a in v.items()) for k, v in e["subsets"].items()]
         for system, by_k in e["majority_at"].items():
@@ -82,6 +105,13 @@ def format_table(entries: list[dict[str, Any]]) -> str:
             lines += [f"**{e['task']} ({e['method']}, {e['model']})**: distillation set {ds['kept']} of "
                       f"{ds['valid_inputs']} inputs, {ds['n_samples']} samples each", "", *extra, ""]
     return "\n".join(lines)
+
+
+def _tick(name: str, m: dict[str, Any]) -> str:
+    tick = f"{name.replace(' (baseline)', ' (b.)')}\n{m['mean_generated_tokens']:.0f} tokens"
+    if c := m.get("constant"):  # a bar that is one answer's share of the test set says so
+        tick += f", {c['share']:.0%} {c['answer']!r}"
+    return tick
 
 
 def plot(entries: list[dict[str, Any]]) -> bytes:
@@ -103,8 +133,7 @@ def plot(entries: list[dict[str, Any]]) -> bytes:
         bars = ax.bar(range(len(keys)), acc, yerr=err, capsize=3, color=[f"C{list(names).index(k)}" for k in keys])
         for bar, a, up in zip(bars, acc, err[1]):  # the value above its interval
             ax.text(bar.get_x() + bar.get_width() / 2, a + up + 1, f"{a:.0f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(keys)), [f"{names[k].replace(' (baseline)', ' (b.)')}\n{e['systems'][k]['mean_generated_tokens']:.0f} tokens"
-                                         for k in keys], rotation=35, ha="right", fontsize=8)
+        ax.set_xticks(range(len(keys)), [_tick(names[k], e["systems"][k]) for k in keys], rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{e['method']} on {e['task']}", fontsize=10)
         ax.set_ylim(0, 100)
     axes[0][0].set_ylabel("accuracy % (95% CI)")

@@ -94,3 +94,27 @@ def test_make_paper_configs_load_and_the_gpu_twins_match_them():
         assert (gpu.sample.method, gpu.task_name, gpu.sample.filter.kind) == (cpu.sample.method, cpu.task_name, cpu.sample.filter.kind)
         assert gpu.train.use_gpu and gpu.sample.actors.num_gpus == 1 and gpu.output_dir.startswith("s3://")
         assert "Probed on the TRAIN split" in (root / path).read_text() or path == "configs/demo.yaml"
+
+
+def test_a_constant_answer_on_a_label_task_shows_in_the_table_with_balanced_accuracy():
+    """The paper table cannot present one answer to every input as a score: balanced accuracy
+    beside accuracy, the constant answer's share in the cell, the majority-class baseline and
+    the report's warnings under the table (a baseline's warnings named by the baseline)."""
+    labels = {"constant": {"answer": "A", "n": 48, "share": 1.0}, "majority_baseline": {"label": "A", "accuracy": 0.5}}
+    constant = _system(0.5, 2, balanced_accuracy=0.5, balanced_accuracy_ci95=[0.5, 0.5], labels=labels)
+    spread = _system(0.7, 300, balanced_accuracy=0.65, balanced_accuracy_ci95=[0.5, 0.8],
+                     labels={**labels, "constant": None})
+    warning = "System 1 answers 'A' to 48 of 48 test inputs (100%): its accuracy is that label's share"
+    bsm = _entry("bsm", _report("pairwise", "bsm", systems={"system1": constant, "system2": spread, "distilled": constant},
+                                warnings=[warning]),
+                 {"distill_system1": {**_baseline(0.5), "warnings": ["the distillation set's kept targets: 3 of 3 (100%) are 'A'"]},
+                  "no_filter": _baseline(0.55)})
+    text = format_table([bsm])
+    row = text.splitlines()[2]
+    assert row.startswith("| pairwise (bsm) | 50.0 [40.0, 60.0], 2 tok, balanced 50.0 [50.0, 50.0], 100% 'A' | "
+                          "70.0 [60.0, 80.0], 300 tok, balanced 65.0 [50.0, 80.0] |")
+    assert f"- warning: {warning}" in text
+    assert "- warning: Distill System 1 (baseline): the distillation set's kept targets: 3 of 3 (100%) are 'A'" in text
+    assert "- majority-class baseline (always 'A'): 50.0%" in text
+    assert "labels" not in bsm["systems"]["system1"] and bsm["systems"]["system1"]["constant"]["answer"] == "A"
+    assert plot([bsm])[:8] == b"\x89PNG\r\n\x1a\n"
