@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,12 +43,18 @@ def _wait_for_batches(proc: subprocess.Popen, k: int, log: list[str]) -> None:
 
 
 def _wait_for_shard(proc: subprocess.Popen, out: Path, log: list[str]) -> None:
-    """Read the run's output until it has written a finished shard of samples."""
+    """Return as soon as the run has written a finished shard of samples: the directory is
+    polled on its own (a thread drains the run's output), not only when a line is printed, so
+    the stop lands while most batches are still to do."""
+    drain = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
+    drain.start()
     deadline = time.time() + 600
-    for line in proc.stdout:
-        log.append(line)
-        if list((out / "samples").glob("part-*.parquet")) or time.time() > deadline:
+    while time.time() < deadline:
+        if list((out / "samples").glob("part-*.parquet")):
             return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
     raise AssertionError("run ended before it wrote a shard:\n" + "".join(log[-40:]))
 
 
@@ -112,15 +119,16 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path, sig):
     uninterrupted run is no byte-exact reference: under continuous batching a greedy output
     depends on which rows share the engine with it, as vLLM is not batch-invariant.)"""
     out = tmp_path / "run"
-    proc = _start(out, GREEDY, command="run")
+    small = "sample.actors.batch_size=2"  # 12 batches: a stop after the first leaves most to do
+    proc = _start(out, GREEDY, small, command="run")
     log: list[str] = []
     _wait_for_shard(proc, out, log)
     os.killpg(proc.pid, sig)
-    proc.communicate(timeout=300)
+    proc.wait(timeout=300)
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     before = _outputs(out) if (out / "samples").exists() else {}
     assert 0 < len(before) < N, len(before)
-    proc = _start(out, GREEDY)
+    proc = _start(out, GREEDY, small)
     rest, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, rest[-3000:]
     ids = _ids(out)
