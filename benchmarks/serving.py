@@ -1,12 +1,10 @@
-"""P5: serving overhead, a bounded load test, and the adaptive System 1 -> System 2 figures.
+"""P5: serving overhead and a bounded load test (the adaptive mode's curve: benchmarks/adaptive.py).
 
 P5 = p50 latency of POST /v1/chat/completions through `s2d serve` (Ray Serve + vLLM async
      engine) / p50 of a bare `vllm.LLM.chat` call with the same prompt and parameters.
      Target <= 1.15.
 Load test: a fixed number of requests at fixed concurrency on 127.0.0.1; p50/p95, throughput,
-count of 5xx (must be 0). Adaptive: accuracy and mean generated tokens of system1 / system2 /
-auto on biased_qa test inputs (the demo's distilled model if runs/demo/model exists).
-One run; run: python benchmarks/serving.py
+count of 5xx (must be 0). One run; run: python benchmarks/serving.py
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from results import ROOT, write  # noqa: E402
 PORT = 8397
 URL = f"http://127.0.0.1:{PORT}"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer with just the answer."}]
-N_LATENCY, N_LOAD, CONCURRENCY, N_ADAPTIVE = 10, 32, 8, 12
+N_LATENCY, N_LOAD, CONCURRENCY = 10, 32, 8
 
 
 def start_server(model: str) -> subprocess.Popen:
@@ -71,25 +69,6 @@ def bare_p50(model_path: str) -> float:
     return statistics.median(times)
 
 
-def adaptive(client: httpx.Client) -> dict[str, dict[str, float]]:
-    from s2d_ray.tasks import get_task
-
-    task = get_task("biased_qa")
-    rows = [r for r in task.generate(N_ADAPTIVE * 3, 0, "test") if r["variant"] != "unbiased"][:N_ADAPTIVE]
-    out = {}
-    for mode in ("system1", "system2", "auto"):
-        correct, tokens, paths = 0, 0, []
-        for row in rows:
-            _, r = chat(client, [{"role": "user", "content": f"{row['input']}\n\n{task.spec.instruction}"}], s2d_mode=mode)
-            body = r.json()
-            correct += task.is_correct(body["choices"][0]["message"]["content"], row)
-            tokens += body["usage"]["completion_tokens"]
-            paths.append(body.get("s2d", {}).get("path", mode))
-        out[mode] = {"accuracy": correct / len(rows), "mean_generated_tokens": tokens / len(rows),
-                     "system2_fraction": paths.count("system2") / len(rows)}
-    return out
-
-
 def main() -> dict[str, float]:
     global MODEL_NAME
     from s2d_ray.models import resolve_model
@@ -115,7 +94,6 @@ def main() -> dict[str, float]:
                     lat.append(t)
                     statuses.append(code)
             wall = time.perf_counter() - t0
-            adapt = adaptive(client)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
@@ -127,9 +105,6 @@ def main() -> dict[str, float]:
     print(f"  load: {N_LOAD} requests at concurrency {CONCURRENCY}: p50 {statistics.median(lat) * 1000:.0f} ms, "
           f"p95 {lat[int(0.95 * len(lat)) - 1] * 1000:.0f} ms, {N_LOAD / wall:.2f} req/s, "
           f"5xx: {sum(s >= 500 for s in statuses)}, statuses {dict((s, statuses.count(s)) for s in set(statuses))}")
-    for mode, m in adapt.items():
-        print(f"  adaptive {mode}: accuracy {m['accuracy']:.1%} mean generated tokens {m['mean_generated_tokens']:.1f} "
-              f"System 2 used on {m['system2_fraction']:.0%} of {N_ADAPTIVE} biased test questions")
     return {"P5": ratio}
 
 
