@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import served  # noqa: E402  (s2d serve started and stopped as the tests do)
 from results import BENCH_DIR, ROOT, write  # noqa: E402
 
 PORT = 8398
@@ -44,25 +43,7 @@ def start_server(model: str, threshold: float) -> subprocess.Popen:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     cfg.write_text(json.dumps({"model_name": "m", "adaptive_threshold": threshold, "cpu_threads": 2, "num_cpus": 1,
                                "max_ongoing_requests": 32}))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "s2d"), "serve", model, "--port", str(PORT), "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, "s2d serve exited"
-        try:
-            if httpx.get(f"{URL}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(2)
-    raise RuntimeError("server did not become healthy in 300 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    return served.start(model, PORT, BENCH_DIR / "adaptive-serve.log", "--config", str(cfg))
 
 
 async def ask(rows: list[dict], mode: str) -> list[dict]:
@@ -140,7 +121,7 @@ def main() -> None:
         passes = {split: {mode: asyncio.run(ask(rows, mode)) for mode in ("system1", "system2")}
                   for split, rows in (("train", train_rows), ("test", test_rows))}
     finally:
-        stop(proc)
+        served.stop(proc)
     train = curve(train_rows, passes["train"]["system1"], passes["train"]["system2"], task.is_correct)
     test = curve(test_rows, passes["test"]["system1"], passes["test"]["system2"], task.is_correct)
     autos = [k for k in train if k.startswith("auto@")]
@@ -150,7 +131,7 @@ def main() -> None:
     try:
         real_rows = asyncio.run(ask(test_rows, "auto"))
     finally:
-        stop(proc)
+        served.stop(proc)
     real = {"accuracy": sum((a["answer"] is not None and task.is_correct(a["answer"], r)) if a["path"] == "system2"
                             else task.is_correct(a["text"], r) for a, r in zip(real_rows, test_rows)) / len(test_rows),
             "mean_generated_tokens": sum(a["tokens"] for a in real_rows) / len(test_rows),

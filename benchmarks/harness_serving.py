@@ -15,34 +15,17 @@ Run: python benchmarks/harness_serving.py [--model smollm2-135m-instruct] [--tas
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import served  # noqa: E402  (s2d serve started and stopped as the tests do)
 from results import BENCH_DIR, write  # noqa: E402
 
 PORT = 8399
 URL = f"http://127.0.0.1:{PORT}"
-
-
-def start_server(model: str) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "s2d"), "serve", model, "--port", str(PORT)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, "s2d serve exited"
-        try:
-            if httpx.get(f"{URL}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(2)
-    raise RuntimeError("server did not become healthy in 300 s")
 
 
 def main() -> None:
@@ -72,27 +55,23 @@ def main() -> None:
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}))
     tokenizer = resolve_model(args.model)
     tasks = TaskManager(include_path=[str(root), str(gen_dir)])
-    served = Path(args.model).name
-    proc = start_server(args.model)
+    model_name = Path(args.model).name
+    proc = served.start(args.model, PORT, BENCH_DIR / "harness_serving-serve.log")
     try:
         t0 = time.perf_counter()
         ll = lm_eval.simple_evaluate(
             model="local-completions", tasks=[name], task_manager=tasks, batch_size=args.batch_size,
-            model_args=f"model={served},base_url={URL}/v1/completions,tokenizer={tokenizer},tokenizer_backend=huggingface,"
+            model_args=f"model={model_name},base_url={URL}/v1/completions,tokenizer={tokenizer},tokenizer_backend=huggingface,"
                        f"num_concurrent=1,max_retries=1,tokenized_requests=False")
         ll_wall = time.perf_counter() - t0
         t0 = time.perf_counter()
         chat = lm_eval.simple_evaluate(
             model="local-chat-completions", tasks=[f"{name}_gen"], task_manager=tasks, apply_chat_template=True,
             gen_kwargs="max_gen_toks=16,until=['\\n']", limit=8,
-            model_args=f"model={served},base_url={URL}/v1/chat/completions,num_concurrent=1,max_retries=1")
+            model_args=f"model={model_name},base_url={URL}/v1/chat/completions,num_concurrent=1,max_retries=1")
         chat_wall = time.perf_counter() - t0
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        served.stop(proc)
     acc = ll["results"][name]["acc,none"]
     print(f"local-completions, {args.task}, {args.n} documents, batch_size {args.batch_size}: "
           f"{ll_wall:.1f} s, acc {acc:.3f}")

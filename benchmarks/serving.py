@@ -9,8 +9,6 @@ count of 5xx (must be 0). One run; run: python benchmarks/serving.py
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,25 +19,14 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import ROOT, write  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import served  # noqa: E402  (s2d serve started and stopped as the tests do)
+from results import BENCH_DIR, ROOT, write  # noqa: E402
 
 PORT = 8397
 URL = f"http://127.0.0.1:{PORT}"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer with just the answer."}]
 N_LATENCY, N_LOAD, CONCURRENCY = 10, 32, 8
-
-
-def start_server(model: str) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "s2d"), "serve", model, "--port", str(PORT)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{URL}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(2)
-    raise RuntimeError("server did not become healthy in 300 s")
 
 
 def chat(client: httpx.Client, messages, **extra) -> tuple[float, httpx.Response]:
@@ -76,7 +63,7 @@ def main() -> dict[str, float]:
     demo = ROOT / "runs" / "demo" / "model"
     model = str(demo) if (demo / "config.json").exists() else "smollm2-135m-instruct"
     MODEL_NAME = "demo" if model == str(demo) else Path(model).name
-    proc = start_server(model)
+    proc = served.start(model, PORT, BENCH_DIR / "serving-serve.log")
     try:
         with httpx.Client() as client:
             chat(client, PROMPT)
@@ -95,8 +82,7 @@ def main() -> dict[str, float]:
                     statuses.append(code)
             wall = time.perf_counter() - t0
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
+        served.stop(proc)
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     bare = bare_p50(resolve_model(model))
     ratio = round(served / bare, 3)

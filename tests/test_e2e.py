@@ -6,17 +6,14 @@ as evaluation measured it."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 import pyarrow.parquet as pq
 import pytest
+
+import served
 
 from s2d_ray.tasks import get_task
 
@@ -77,18 +74,8 @@ def served_as_evaluated(out: Path, tmp_path: Path, port: int = 8393) -> None:
     assert recipe["method"] == "s2a" and recipe["task"]["name"] == "biased_qa" and recipe["max_tokens"] == 24
     assert json.loads((out / "adapter" / "s2d_prompt.json").read_text()) == recipe
     rows = [r for r in pq.read_table(out / "eval" / "distilled").to_pylist() if r["job"] == "distilled"]
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([S2D, "serve", str(out / "model"), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = served.start(str(out / "model"), port, tmp_path / "serve.log")
     try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(2)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
         spec = get_task("biased_qa").spec
         for r in rows:
@@ -97,8 +84,4 @@ def served_as_evaluated(out: Path, tmp_path: Path, port: int = 8393) -> None:
             assert text == r["samples"][0]["text"], (r["input"], text, r["samples"][0]["text"])
             assert reply.model_extra["s2d"]["answer"] == spec.extract(text)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        served.stop(proc)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+import served
 
 pytestmark = pytest.mark.slow
 
@@ -43,29 +43,10 @@ def server(adapter_dir, tmp_path_factory):
         "model_name": "tiny", "adapters": {"tiny-lora": str(adapter_dir)}, "mode": "system1",
         "adaptive_threshold": 0.5, "system2_samples": 2, "system2_max_tokens": 32, "task": COLOURS,
         "engine": {"max_model_len": 512, "cpu_kv_cache_gib": 1}, "max_ongoing_requests": 8, "cpu_threads": 2}}]}))
-    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "s2d"), "serve", "smollm2-135m-instruct", "--port", str(PORT),
-         "--api-key", KEY, "--config", str(cfg)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, f"server exited early, see {log.name}"
-        try:
-            if httpx.get(f"{BASE}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    else:
-        pytest.fail(f"server not healthy in 300 s, see {log.name}")
+    proc = served.start("smollm2-135m-instruct", PORT, tmp_path_factory.mktemp("logs") / "serve.log",
+                        "--api-key", KEY, "--config", str(cfg))
     yield proc
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    served.stop(proc)
     subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
 
 
