@@ -75,7 +75,7 @@ def load_settings(model_dir: str, api_key: str | None, config_path: str | None) 
     try:
         return ServeSettings(**args)
     except ValidationError as e:
-        raise S2DError(f"serve config: {first_error(e)}") from None
+        raise S2DError(f"serve config: {first_error(e, ServeSettings)}") from None
 
 
 def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
