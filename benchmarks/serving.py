@@ -1,18 +1,14 @@
-"""P5: serving overhead, a bounded load test, and the adaptive System 1 -> System 2 figures.
+"""P5: serving overhead and a bounded load test (the adaptive mode's curve: benchmarks/adaptive.py).
 
 P5 = p50 latency of POST /v1/chat/completions through `s2d serve` (Ray Serve + vLLM async
      engine) / p50 of a bare `vllm.LLM.chat` call with the same prompt and parameters.
      Target <= 1.15.
 Load test: a fixed number of requests at fixed concurrency on 127.0.0.1; p50/p95, throughput,
-count of 5xx (must be 0). Adaptive: accuracy and mean generated tokens of system1 / system2 /
-auto on biased_qa test inputs (the demo's distilled model if runs/demo/model exists).
-One run; run: python benchmarks/serving.py
+count of 5xx (must be 0). One run; run: python benchmarks/serving.py
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,25 +19,14 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import ROOT, write  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import served  # noqa: E402  (s2d serve started and stopped as the tests do)
+from results import BENCH_DIR, ROOT, write  # noqa: E402
 
 PORT = 8397
 URL = f"http://127.0.0.1:{PORT}"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer with just the answer."}]
-N_LATENCY, N_LOAD, CONCURRENCY, N_ADAPTIVE = 10, 32, 8, 12
-
-
-def start_server(model: str) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "s2d"), "serve", model, "--port", str(PORT)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{URL}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(2)
-    raise RuntimeError("server did not become healthy in 300 s")
+N_LATENCY, N_LOAD, CONCURRENCY = 10, 32, 8
 
 
 def chat(client: httpx.Client, messages, **extra) -> tuple[float, httpx.Response]:
@@ -71,25 +56,6 @@ def bare_p50(model_path: str) -> float:
     return statistics.median(times)
 
 
-def adaptive(client: httpx.Client) -> dict[str, dict[str, float]]:
-    from s2d_ray.tasks import get_task
-
-    task = get_task("biased_qa")
-    rows = [r for r in task.generate(N_ADAPTIVE * 3, 0, "test") if r["variant"] != "unbiased"][:N_ADAPTIVE]
-    out = {}
-    for mode in ("system1", "system2", "auto"):
-        correct, tokens, paths = 0, 0, []
-        for row in rows:
-            _, r = chat(client, [{"role": "user", "content": f"{row['input']}\n\n{task.spec.instruction}"}], s2d_mode=mode)
-            body = r.json()
-            correct += task.is_correct(body["choices"][0]["message"]["content"], row)
-            tokens += body["usage"]["completion_tokens"]
-            paths.append(body.get("s2d", {}).get("path", mode))
-        out[mode] = {"accuracy": correct / len(rows), "mean_generated_tokens": tokens / len(rows),
-                     "system2_fraction": paths.count("system2") / len(rows)}
-    return out
-
-
 def main() -> dict[str, float]:
     global MODEL_NAME
     from s2d_ray.models import resolve_model
@@ -97,7 +63,7 @@ def main() -> dict[str, float]:
     demo = ROOT / "runs" / "demo" / "model"
     model = str(demo) if (demo / "config.json").exists() else "smollm2-135m-instruct"
     MODEL_NAME = "demo" if model == str(demo) else Path(model).name
-    proc = start_server(model)
+    proc = served.start(model, PORT, BENCH_DIR / "serving-serve.log")
     try:
         with httpx.Client() as client:
             chat(client, PROMPT)
@@ -115,10 +81,8 @@ def main() -> dict[str, float]:
                     lat.append(t)
                     statuses.append(code)
             wall = time.perf_counter() - t0
-            adapt = adaptive(client)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
+        served.stop(proc)
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     bare = bare_p50(resolve_model(model))
     ratio = round(served / bare, 3)
@@ -127,9 +91,6 @@ def main() -> dict[str, float]:
     print(f"  load: {N_LOAD} requests at concurrency {CONCURRENCY}: p50 {statistics.median(lat) * 1000:.0f} ms, "
           f"p95 {lat[int(0.95 * len(lat)) - 1] * 1000:.0f} ms, {N_LOAD / wall:.2f} req/s, "
           f"5xx: {sum(s >= 500 for s in statuses)}, statuses {dict((s, statuses.count(s)) for s in set(statuses))}")
-    for mode, m in adapt.items():
-        print(f"  adaptive {mode}: accuracy {m['accuracy']:.1%} mean generated tokens {m['mean_generated_tokens']:.1f} "
-              f"System 2 used on {m['system2_fraction']:.0%} of {N_ADAPTIVE} biased test questions")
     return {"P5": ratio}
 
 

@@ -281,7 +281,7 @@ class RunConfig(_Strict):
         try:
             return TaskSpec.model_validate(value)
         except ValidationError as e:  # one line naming the spec's field, not pydantic's union branches
-            raise ValueError(first_error(e)) from None
+            raise ValueError(first_error(e, TaskSpec)) from None
 
     @model_validator(mode="after")
     def _program_and_task(self) -> "RunConfig":
@@ -351,7 +351,7 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _format_error(err: ValidationError) -> str:
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"config: {first_error(err)}{more}"
+    return f"config: {first_error(err, RunConfig)}{more}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -366,7 +366,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise S2DError(f"config: {p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+            problem = getattr(e, "problem", None) or str(e)
+            fix = "; YAML indents with spaces, not tabs" if "\\t" in problem or "\t" in problem else ""
+            raise S2DError(f"config: {p}{where}: invalid YAML ({problem}){fix}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise S2DError(f"config: {p}: top level must be a mapping of keys")
         tree = loaded or {}

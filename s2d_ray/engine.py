@@ -149,6 +149,7 @@ class Engine:
         self.llm = AsyncLLM.from_engine_args(args)
         _reap_when_orphaned(_children() - before)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.path, self.adapter_paths = path, local  # local directories, as resolved on this node
         self.max_model_len = cfg.max_model_len
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop its requests run on
         self.loras = {name: LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(sorted(local.items()))}

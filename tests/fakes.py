@@ -92,7 +92,9 @@ class FakeEngine:
         self.reply, self.logprob = reply, logprob
         self.dead = False
         self.calls: list[Call] = []
+        self.defaults: list[Any] = []  # the Sampling defaults of each program call
         self.params: list[Any] = []
+        self.prompts: list[str] = []  # the decoded prompt of each request
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return self.tokenizer.encode(" ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>")
@@ -114,6 +116,7 @@ class FakeEngine:
 
             raise EngineDead("vLLM engine died")
         self.params.append(params)
+        self.prompts.append(self.tokenizer.decode(ids))
         outs = []
         for i in range(params.n):
             words = self.reply(self.tokenizer.decode(ids), params).split()[: params.max_tokens]
@@ -138,10 +141,12 @@ class FakeEngine:
             for k, (w, t) in enumerate(zip(words, o.token_ids)):
                 last = k == len(words) - 1
                 yield SimpleNamespace(outputs=[SimpleNamespace(index=o.index, text=(" " if k else "") + w, token_ids=[t],
+                                                               logprobs=[o.logprobs[k]] if o.logprobs else None,
                                                                finish_reason=o.finish_reason if last else None)])
 
     async def complete(self, call: Call, defaults: Any, adapter: str | None = None) -> list[Completion]:
         self.calls.append(call)
+        self.defaults.append(defaults)
         await asyncio.sleep(0)
         text = self.reply(call.messages[-1]["content"], defaults)
         return [Completion(text, len(text.split()))] * call.n

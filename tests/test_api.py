@@ -80,7 +80,10 @@ def test_greedy_seed_is_accepted_and_changes_nothing(client):
 def test_chat_system1_with_logprobs(client):
     r = client.post("/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 2, "n": 2}, headers=AUTH)
     body = r.json()
-    assert r.status_code == 200 and "s2d" not in body
+    assert r.status_code == 200
+    confidence = pytest.approx(0.9048, abs=1e-4)  # exp(-0.1): every chosen token at -0.1
+    assert body["s2d"] == {"path": "system1", "answer": "Paris is the answer", "confidence": confidence,
+                           "answers": ["Paris is the answer"] * 2, "confidences": [confidence] * 2}
     assert [c["message"]["content"] for c in body["choices"]] == ["Paris is the answer"] * 2
     assert body["usage"]["completion_tokens"] == 8 and body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 8
     content = body["choices"][0]["logprobs"]["content"]
@@ -150,7 +153,9 @@ def test_system2_mode_runs_the_program_through_the_driver():
     client, engine = _client(FakeEngine(reply))
     body = client.post("/v1/chat/completions", json={**CHAT, "s2d_mode": "system2"}, headers=AUTH).json()
     assert body["choices"][0]["message"]["content"] == "Paris"
-    assert body["s2d"] == {"path": "system2", "method": "s2a", "samples": 3, "agreement": pytest.approx(2 / 3, abs=1e-4)}
+    two_thirds = pytest.approx(2 / 3, abs=1e-4)
+    assert body["s2d"] == {"path": "system2", "answer": "Paris", "confidence": two_thirds, "method": "s2a", "samples": 3,
+                           "agreement": two_thirds}
     # s2a: one rewrite call with n=3, then one answer call per rewrite
     assert [c.n for c in engine.calls] == [3, 1, 1, 1]
 
@@ -170,3 +175,142 @@ def test_dead_engine_is_503():
     assert client.get("/health").status_code == 503
     err = _error(client.post("/v1/chat/completions", json=CHAT, headers=AUTH), 503)
     assert err["type"] == "server_error" and "engine died" in err["message"]
+
+
+# -- the served model as a pipeline component ---------------------------------------------------------
+TICKETS = {"name": "tickets", "answer": "label", "labels": {"billing": ["invoice"], "bug": [], "other": []},
+           "system_prompt": "You route support tickets."}
+
+
+def _recipe(method: str = "s2a", task: dict | None = TICKETS, max_tokens: int = 12):
+    from s2d_ray.recipe import PromptRecipe, describe
+    from s2d_ray.programs import system1_program
+    from s2d_ray.tasks import TaskSpec
+
+    spec = TaskSpec(**task) if task else None
+    return PromptRecipe(method=method, task=spec, max_tokens=max_tokens, **describe(system1_program(method, spec)))
+
+
+def _task_client(reply=lambda prompt, params: "Answer: invoice", recipe=None, **settings):
+    engine = FakeEngine(reply)
+    s = ServeSettings(model_dir="runs/x/model", model_name="tiny", api_key=KEY, system2_samples=3, **settings)
+    recipe = recipe or _recipe()
+    return TestClient(build_api(OpenAIServer(s, engine, seeded_engine=True, recipes={None: recipe}))), engine
+
+
+RAW = {"model": "tiny", "messages": [{"role": "user", "content": "My invoice is wrong"}]}
+
+
+def test_a_raw_input_is_asked_in_the_trained_prompt_and_its_answer_parsed():
+    """The client sends the raw input; the server asks it as training and evaluation did (the
+    task's system prompt, the input, its format line) within eval's token budget, and returns
+    the task's parsed answer: here an alias, read as its label."""
+    from s2d_ray.programs import system1_program
+    from s2d_ray.tasks import TaskSpec
+
+    client, engine = _task_client()
+    body = client.post("/v1/chat/completions", json=RAW, headers=AUTH).json()
+    program = system1_program("s2a", TaskSpec(**TICKETS))
+    trained = program.call(program.system1_input({"input": "My invoice is wrong", "meta": {}})).messages
+    assert engine.prompts[-1] == engine.tokenizer.decode(engine.chat_ids(trained))
+    assert "Answer with just one of: billing, bug, other." in engine.prompts[-1] and "<system> You route" in engine.prompts[-1]
+    assert engine.params[-1].max_tokens == 12  # the recipe's (eval.max_tokens), not the context's room
+    assert body["choices"][0]["message"]["content"] == "Answer: invoice"
+    assert body["s2d"]["answer"] == "billing" and body["s2d"]["path"] == "system1"
+    raw = client.post("/v1/chat/completions", json={**RAW, "s2d_prompt": "raw"}, headers=AUTH).json()
+    assert engine.prompts[-1] == "<user> My invoice is wrong <assistant>" and raw["s2d"]["answer"] == "billing"
+
+
+@pytest.mark.parametrize(("body", "param", "says"), [
+    ({**RAW, "messages": [{"role": "system", "content": "x"}, *RAW["messages"]]}, "messages", "one user message"),
+    ({**RAW, "s2d_prompt": "raw", "s2d_fields": {"a": "b"}}, "s2d_fields", "task prompt only"),
+    ({**RAW, "s2d_constrain": True, "response_format": {"type": "json_object"}}, "s2d_constrain", "one output constraint"),
+    ({**RAW, "s2d_mode": "system2", "stop": ["x"]}, "stop", "System 1 answers only"),
+    ({**RAW, "s2d_mode": "auto", "n": 2}, "n", "one vote"),
+    ({**RAW, "s2d_mode": "system2", "response_format": {"type": "json_object"}}, "response_format", "System 1 answers only"),
+])
+def test_task_prompt_requests_that_cannot_be_honoured_are_400(body, param, says):
+    client, _ = _task_client()
+    err = _error(client.post("/v1/chat/completions", json=body, headers=AUTH), 400)
+    assert err["param"] == param and says in err["message"], err
+
+
+def test_a_model_without_recipe_takes_messages_as_given_and_refuses_the_task_prompt(client):
+    err = _error(client.post("/v1/chat/completions", json={**CHAT, "s2d_prompt": "task"}, headers=AUTH), 400)
+    assert err["param"] == "s2d_prompt" and "s2d_prompt.json" in err["message"]
+
+
+def test_constrain_restricts_system1_to_the_task_labels():
+    client, engine = _task_client()
+    client.post("/v1/chat/completions", json={**RAW, "s2d_constrain": True}, headers=AUTH)
+    assert engine.params[-1].structured_outputs.choice == ["billing", "bug", "other"]
+    free, _ = _task_client(recipe=_recipe(task={"name": "free", "answer": "number"}))
+    err = _error(free.post("/v1/chat/completions", json={**RAW, "s2d_constrain": True}, headers=AUTH), 400)
+    assert err["param"] == "s2d_constrain" and "not a closed set (kind 'number')" in err["message"]
+
+
+def test_response_format_reaches_the_engine_as_structured_outputs(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    engine = FakeEngine()
+    c, _ = _client(engine)
+    assert c.post("/v1/chat/completions", json={**CHAT, "response_format": fmt}, headers=AUTH).status_code == 200
+    assert engine.params[-1].structured_outputs.json == schema
+    c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "structured_outputs": {"regex": "[0-9]+"}}, headers=AUTH)
+    assert engine.params[-1].structured_outputs.regex == "[0-9]+"
+
+
+def test_system2_reads_the_input_fields_and_the_requests_sampling():
+    """BSM on a served model: its responses come as s2d_fields (without them a 400 naming
+    them, not a 500); the request's temperature, top_p and max_tokens drive every step."""
+    pair = {"response_a": "Paris.", "response_b": "Lyon."}
+    task = {"name": "pairwise", "answer": "choice"}
+    client, engine = _task_client(lambda prompt, params: "Answer: A", recipe=_recipe("bsm", task))
+    err = _error(client.post("/v1/chat/completions", json={**RAW, "s2d_mode": "system2"}, headers=AUTH), 400)
+    assert err["param"] == "s2d_fields" and "response_a" in err["message"]
+    body = client.post("/v1/chat/completions", headers=AUTH, json={
+        **RAW, "s2d_mode": "system2", "s2d_fields": pair, "temperature": 0.3, "top_p": 0.5, "max_tokens": 20}).json()
+    assert body["s2d"]["method"] == "bsm" and body["s2d"]["answer"] == "A"
+    assert {(d.temperature, d.top_p, d.max_tokens) for d in engine.defaults} == {(0.3, 0.5, 20)}
+    assert any("Paris." in c.messages[-1]["content"] for c in engine.calls)
+    s1 = client.post("/v1/chat/completions", json={**RAW, "s2d_fields": pair}, headers=AUTH)
+    assert "Paris." in engine.prompts[-1] and s1.json()["s2d"]["answer"] == "A"  # BSM's judging prompt, both responses
+
+
+def test_an_unexpected_error_is_an_openai_500_body():
+    class Broken(FakeEngine):
+        async def generate(self, ids, params, adapter=None):
+            raise RuntimeError("boom")
+
+    s = ServeSettings(model_dir="m", model_name="tiny", api_key=KEY)
+    c = TestClient(build_api(OpenAIServer(s, Broken(), seeded_engine=True)), raise_server_exceptions=False)
+    r = c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error" and "boom" in r.json()["error"]["message"]
+
+
+def test_a_batch_of_completion_prompts_runs_concurrently():
+    import asyncio
+
+    class Counting(FakeEngine):
+        in_flight = peak = 0
+
+        async def generate(self, ids, params, adapter=None):
+            Counting.in_flight += 1
+            Counting.peak = max(Counting.peak, Counting.in_flight)
+            await asyncio.sleep(0.01)
+            Counting.in_flight -= 1
+            return self._output(ids, params)
+
+    c, _ = _client(Counting())
+    r = c.post("/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": ["a", "b c", "d", "e"], "max_tokens": 2})
+    assert r.status_code == 200 and [ch["text"] for ch in r.json()["choices"]] == ["Paris is"] * 4
+    assert Counting.peak == 4
+
+
+def test_streamed_answers_carry_s2d_on_the_last_finish_chunk():
+    client, _ = _task_client()
+    chunks = _events(client.post("/v1/chat/completions", json={**RAW, "stream": True}, headers=AUTH))
+    assert all(c["choices"] for c in chunks)  # no empty chunk a plain client would trip on
+    assert chunks[-1]["choices"][0]["finish_reason"] and chunks[-1]["s2d"]["answer"] == "billing"
+    s2 = _events(client.post("/v1/chat/completions", json={**RAW, "stream": True, "s2d_mode": "system2"}, headers=AUTH))
+    assert s2[-1]["s2d"]["path"] == "system2" and all(c["choices"] for c in s2)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+import served
 
 from conftest import BIN, S3Server, free_port
 
@@ -59,29 +59,14 @@ def _serve_answers(model_uri: str, env: dict[str, str], log: Path) -> str:
     from openai import OpenAI
 
     port = free_port()
-    with open(log, "w") as f:
-        proc = subprocess.Popen([str(BIN / "s2d"), "serve", model_uri, "--port", str(port), "--api-key", "k"],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = served.start(model_uri, port, log, "--api-key", "k", env=env)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=120)
         reply = client.chat.completions.create(model="run", messages=[{"role": "user", "content": "What is 2 + 3?"}],
                                                max_tokens=8)
         return reply.choices[0].message.content
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        served.stop(proc)
         _ray("stop", "--force")
 
 

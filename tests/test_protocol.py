@@ -47,10 +47,58 @@ def test_chat_token_limit_and_messages():
     assert ChatRequest(**CHAT, max_tokens=10).token_limit == 10
     req = ChatRequest(model="m", messages=[
         {"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}},
-                                     {"type": "text", "text": "b"}]},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "name": "ann"},
     ])
     assert req.chat_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "ab"}]
+
+
+@pytest.mark.parametrize(("message", "param", "says"), [
+    ({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+     "messages.0.content", "part 1 has type 'image_url'"),
+    ({"role": "user", "content": [{"type": "text", "text": "a", "cache": True}]}, "messages.0.content", "cache"),
+    ({"role": "user", "content": "a", "tool_calls": []}, "messages.0.tool_calls", "not supported"),
+    ({"role": "tool", "content": "a"}, "messages.0.role", "Input should be"),
+])
+def test_what_cannot_reach_the_model_is_refused_not_dropped(message, param, says):
+    """A content part other than text, or a message field the server cannot pass on, is a 400
+    naming it (it used to be silently reduced to the message's text)."""
+    with pytest.raises(ValidationError) as e:
+        ChatRequest(model="m", messages=[message])
+    err = validation_error(e.value.errors())
+    assert err.status == 400 and err.param.startswith(param) and says in err.message, err.body()
+
+
+@pytest.mark.parametrize(("extra", "param", "says"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+     "response_format.json_schema.schema", "not a valid JSON schema"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "needs json_schema"),
+    ({"response_format": {"type": "json_object", "strict": True}}, "response_format.strict", "not supported"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type", "Input should be"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "exactly one of"),
+    ({"structured_outputs": {"json": {"type": 3}}}, "structured_outputs.json", "not a valid JSON schema"),
+])
+def test_bad_output_constraints_are_400_naming_them(extra, param, says):
+    with pytest.raises(ValidationError) as e:
+        ChatRequest(**CHAT, **extra)
+    err = validation_error(e.value.errors())
+    assert err.param == param and says in err.message, err.body()
+
+
+def test_output_constraints_become_vllm_structured_outputs():
+    schema = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}, "required": ["label"]}
+    as_openai = ChatRequest(**CHAT, response_format={"type": "json_schema", "json_schema": {
+        "name": "out", "schema": schema, "strict": True}}).constraint()
+    assert as_openai.json == schema
+    assert ChatRequest(**CHAT, response_format={"type": "json_object"}).constraint().json_object is True
+    assert ChatRequest(**CHAT, response_format={"type": "text"}).constraint() is None
+    assert ChatRequest(**CHAT, structured_outputs={"regex": "[0-9]+"}).constraint().regex == "[0-9]+"
+    assert ChatRequest(**CHAT).constraint(("yes", "no")).choice == ["yes", "no"]
+    with pytest.raises(APIError, match="one output constraint per request") as e:
+        ChatRequest(**CHAT, structured_outputs={"regex": "x"}).constraint(("yes", "no"))
+    assert e.value.param == "s2d_constrain"
+    params = ChatRequest(**CHAT, structured_outputs={"choice": ["x", "y"]}).sampling_params(
+        8, seeded_engine=True, constraint=ChatRequest(**CHAT, structured_outputs={"choice": ["x", "y"]}).constraint())
+    assert params.structured_outputs.choice == ["x", "y"]
 
 
 @pytest.mark.parametrize("prompt,expected", [

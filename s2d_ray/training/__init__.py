@@ -16,6 +16,7 @@ from typing import Any
 from s2d_ray.config import RunConfig
 from s2d_ray.errors import S2DError
 from s2d_ray.outputs import OutputDir, manifest_files, read_manifest
+from s2d_ray.recipe import RECIPE_FILE, recipe_of
 from s2d_ray.runtime import init_ray
 from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, train_loop_per_worker
 
@@ -59,6 +60,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     if out.exists("model", TRAIN_INFO) and out.read_json("model", TRAIN_INFO).get("config_hash") == key:
         info = out.read_json("model", TRAIN_INFO)
         info["skipped"] = True
+        for part in ("model", "adapter"):  # a model trained before recipes existed gains its own
+            if out.exists(part, "config.json" if part == "model" else "adapter_config.json") and not out.exists(part, RECIPE_FILE):
+                out.write_text(recipe_of(cfg).model_dump_json(indent=2), part, RECIPE_FILE)
         return info
     distill = read_manifest(out, "distill")
     n = distill["rows"]
@@ -113,6 +117,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         export = os.path.join(local, EXPORT_DIR)
         with open(os.path.join(export, "model", TRAIN_INFO), "w") as f:
             json.dump(info, f, indent=2)
+        recipe = recipe_of(cfg).model_dump_json(indent=2)  # what a server asks the model (s2d_ray.recipe)
+        for part in ("model", "adapter") if tc.finetune == "lora" else ("model",):
+            with open(os.path.join(export, part, RECIPE_FILE), "w") as f:
+                f.write(recipe)
         if tc.finetune == "lora":
             _copy_tree(os.path.join(export, "adapter"), out, "adapter")
         _copy_tree(os.path.join(export, "model"), out, "model")

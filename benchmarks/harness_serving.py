@@ -1,0 +1,84 @@
+"""lm-evaluation-harness against `s2d serve` over HTTP, as a user's evaluation pipeline would run it.
+
+`local-completions` (log-likelihoods via /v1/completions with echo + logprobs) on a BIG-bench
+multiple-choice task, batch_size prompts per request; then `local-chat-completions` (generation
+via /v1/chat/completions) on the same documents as a generate-until task, to show the chat path
+works for the harness. Prints the wall time of each and writes runs/bench/harness_serving.json.
+
+A batch of prompts in one /v1/completions request used to be awaited one prompt at a time; it
+now runs concurrently (the engine batches the prompts). To compare with an older server, run
+this script once with each code tree on the server's import path (e.g. PYTHONPATH=OLD_TREE).
+
+Run: python benchmarks/harness_serving.py [--model smollm2-135m-instruct] [--task bigbench:hyperbaton] [--n 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import served  # noqa: E402  (s2d serve started and stopped as the tests do)
+from results import BENCH_DIR, write  # noqa: E402
+
+PORT = 8399
+URL = f"http://127.0.0.1:{PORT}"
+
+
+def main() -> None:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from s2d_ray.evaluation.harness import harness_name, prepare_bigbench
+    from s2d_ray.models import resolve_model
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--task", default="bigbench:hyperbaton")
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+    import yaml
+
+    root = prepare_bigbench([args.task], args.n, 0)
+    name = harness_name(args.task)
+    # The same documents as a generate-until task, for the chat endpoint (chat models give no log-likelihoods).
+    spec = yaml.safe_load((root / f"{name}.yaml").read_text())
+    gen_dir = BENCH_DIR / "harness-gen"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    (gen_dir / f"{name}_gen.yaml").write_text(yaml.safe_dump({
+        **{k: spec[k] for k in ("dataset_path", "dataset_kwargs", "test_split", "doc_to_text")}, "task": f"{name}_gen",
+        "output_type": "generate_until", "doc_to_target": "{{choices[gold]}}",
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}))
+    tokenizer = resolve_model(args.model)
+    tasks = TaskManager(include_path=[str(root), str(gen_dir)])
+    model_name = Path(args.model).name
+    proc = served.start(args.model, PORT, BENCH_DIR / "harness_serving-serve.log")
+    try:
+        t0 = time.perf_counter()
+        ll = lm_eval.simple_evaluate(
+            model="local-completions", tasks=[name], task_manager=tasks, batch_size=args.batch_size,
+            model_args=f"model={model_name},base_url={URL}/v1/completions,tokenizer={tokenizer},tokenizer_backend=huggingface,"
+                       f"num_concurrent=1,max_retries=1,tokenized_requests=False")
+        ll_wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        chat = lm_eval.simple_evaluate(
+            model="local-chat-completions", tasks=[f"{name}_gen"], task_manager=tasks, apply_chat_template=True,
+            gen_kwargs="max_gen_toks=16,until=['\\n']", limit=8,
+            model_args=f"model={model_name},base_url={URL}/v1/chat/completions,num_concurrent=1,max_retries=1")
+        chat_wall = time.perf_counter() - t0
+    finally:
+        served.stop(proc)
+    acc = ll["results"][name]["acc,none"]
+    print(f"local-completions, {args.task}, {args.n} documents, batch_size {args.batch_size}: "
+          f"{ll_wall:.1f} s, acc {acc:.3f}")
+    print(f"local-chat-completions, {args.task}, 8 documents generated: {chat_wall:.1f} s "
+          f"(exact_match {chat['results'][f'{name}_gen']['exact_match,none']:.3f})")
+    write("harness_serving", {"local_completions_s": round(ll_wall, 1), "local_chat_completions_s": round(chat_wall, 1)})
+
+
+if __name__ == "__main__":
+    main()
