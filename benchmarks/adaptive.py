@@ -12,7 +12,10 @@ same two passes. The threshold is the one with the best train accuracy (ties: fe
 one real `s2d_mode: auto` pass on the test split at that threshold checks its computed point
 (System 2 samples, so the two differ by sampling noise only).
 
-Run: python benchmarks/adaptive.py [MODEL_DIR] [--task biased_qa] [--n-train 100] [--n-test 200]
+Run: python benchmarks/adaptive.py [CONFIG] [--n-train 100] [--n-test 200]   (CONFIG: a run's config,
+default configs/demo.yaml: its data.train/data.test built-in task sources, data.seed, and the trained
+output_dir/model, which must exist). Not part of `make bench`: it needs a trained model and, on this
+CPU, about 20 minutes.
 Writes runs/bench/adaptive.json (figures) and runs/bench/adaptive.png (the curve).
 """
 
@@ -38,11 +41,16 @@ THRESHOLDS = [round(0.05 * i, 2) for i in range(21)]
 CONCURRENCY = 16
 
 
-def start_server(model: str, threshold: float) -> subprocess.Popen:
+def start_server(model: str, threshold: float, run) -> subprocess.Popen:
+    """`s2d serve` on the run's model, its System 2 sampled as the run sampled (method, samples,
+    temperature, top_p, max_tokens per step, engine)."""
     cfg = BENCH_DIR / "adaptive-serve.json"
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(json.dumps({"model_name": "m", "adaptive_threshold": threshold, "cpu_threads": 2, "num_cpus": 1,
-                               "max_ongoing_requests": 32}))
+    s = run.sample
+    cfg.write_text(json.dumps({
+        "model_name": "m", "adaptive_threshold": threshold, "cpu_threads": 2, "num_cpus": 1, "max_ongoing_requests": 32,
+        "system2_samples": s.n_samples, "system2_temperature": s.temperature, "system2_top_p": s.top_p,
+        "system2_max_tokens": s.max_tokens, "engine": s.engine.model_dump()}))
     return served.start(model, PORT, BENCH_DIR / "adaptive-serve.log", "--config", str(cfg))
 
 
@@ -106,17 +114,22 @@ def plot(train: dict, test: dict, chosen: str, real: dict, path: Path, title: st
 
 
 def main() -> None:
-    from s2d_ray.tasks import get_task
+    from s2d_ray.config import load_config
+    from s2d_ray.tasks import get_task, parse_task_source
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", nargs="?", default=str(ROOT / "runs" / "demo" / "model"))
-    ap.add_argument("--task", default="biased_qa")
+    ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "demo.yaml"))
     ap.add_argument("--n-train", type=int, default=100)
     ap.add_argument("--n-test", type=int, default=200)
     args = ap.parse_args()
-    task = get_task(args.task)
-    train_rows, test_rows = task.generate(args.n_train, 0, "train"), task.generate(args.n_test, 0, "test")
-    proc = start_server(args.model, threshold=0.0)
+    cfg = load_config(args.config)
+    args.model = str(Path(cfg.output_dir) / "model")
+    (name, train_params), (_, test_params) = parse_task_source(cfg.data.train), parse_task_source(cfg.data.test)
+    task = get_task(name)
+    args.task = cfg.data.test.removeprefix("task:")
+    train_rows = task.generate(args.n_train, cfg.data.seed, "train", **train_params)
+    test_rows = task.generate(args.n_test, cfg.data.seed, "test", **test_params)
+    proc = start_server(args.model, 0.0, cfg)
     try:
         passes = {split: {mode: asyncio.run(ask(rows, mode)) for mode in ("system1", "system2")}
                   for split, rows in (("train", train_rows), ("test", test_rows))}
@@ -127,7 +140,7 @@ def main() -> None:
     autos = [k for k in train if k.startswith("auto@")]
     chosen = max(autos, key=lambda k: (train[k]["accuracy"], -train[k]["mean_generated_tokens"]))
     threshold = float(chosen.split("@")[1])
-    proc = start_server(args.model, threshold=threshold)
+    proc = start_server(args.model, threshold, cfg)
     try:
         real_rows = asyncio.run(ask(test_rows, "auto"))
     finally:

@@ -356,16 +356,29 @@ async def _engine_dead(request: Request, e: EngineDead) -> JSONResponse:
     return JSONResponse(APIError(503, str(e), "server_error").body(), status_code=503)
 
 
-async def _engine_refused(request: Request, e: ValueError) -> JSONResponse:
+async def _engine_refused(request: Request, e: Exception) -> JSONResponse:
     """vLLM refuses a request it cannot run (e.g. a grammar its structured-output backend cannot
-    compile) with ValueError at admission: the client's 400, as in vLLM's own server."""
-    return JSONResponse(APIError(400, str(e)).body(), status_code=400)
+    compile) with a VLLMClientError at admission: the client's 400, as in vLLM's own server."""
+    err = as_api_error(e)
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def as_api_error(e: Exception) -> APIError:
+    """Any error as the OpenAI error the client gets: ours as they are, vLLM's refusals of the
+    request as a 400 (with the parameter vLLM names), anything else a 500."""
+    from vllm.exceptions import VLLMClientError
+
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, VLLMClientError):
+        return APIError(400, str(e), param=getattr(e, "parameter", None))
+    return APIError(500, f"internal server error: {type(e).__name__}: {e}", "server_error")
 
 
 async def _server_error(request: Request, e: Exception) -> JSONResponse:
     """Anything else: still an OpenAI error body (a 500 the client can read), never plain text."""
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(APIError(500, f"internal server error: {type(e).__name__}: {e}", "server_error").body(), status_code=500)
+    return JSONResponse(as_api_error(e).body(), status_code=500)
 
 
 def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -374,8 +387,7 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk)}\n\n"
         except Exception as e:  # noqa: BLE001 - headers are sent: report in-stream, never hang
-            err = e if isinstance(e, APIError) else APIError(500, str(e), "server_error")
-            yield f"data: {json.dumps(err.body())}\n\n"
+            yield f"data: {json.dumps(as_api_error(e).body())}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -416,7 +428,9 @@ def build_api(server: OpenAIServer) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EngineDead, _engine_dead)
-    app.add_exception_handler(ValueError, _engine_refused)
+    from vllm.exceptions import VLLMClientError
+
+    app.add_exception_handler(VLLMClientError, _engine_refused)
     app.add_exception_handler(Exception, _server_error)
     app.include_router(router)
     return app

@@ -166,7 +166,10 @@ class _Request(BaseModel):
             return StructuredOutputsParams(choice=list(labels))
         if self.structured_outputs is not None:
             return self.structured_outputs.params()
-        return _V.structured_outputs_from_response_format(None, self.response_format)
+        params = _V.structured_outputs_from_response_format(None, self.response_format)
+        if params is not None:  # compact JSON: a small model would otherwise spend its tokens on blank lines
+            params.disable_any_whitespace = True
+        return params
 
     def sampling_params(self, max_tokens: int, *, seeded_engine: bool, delta: bool = False, logprobs: int | None = None,
                         prompt_logprobs: int | None = None, greedy: bool = False, constraint: Any = None):
