@@ -11,6 +11,7 @@ recipe checks that they still agree with the task when it is read.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,22 +38,24 @@ class PromptRecipe(BaseModel):
 
     @model_validator(mode="after")
     def _agrees(self) -> "PromptRecipe":
-        derived = describe(self.program())
+        derived = describe(self.program)
         stated = {"system_prompt": self.system_prompt, "format_line": self.format_line, "answers": self.answers}
         if stated != derived:
             bad = next(k for k in derived if stated[k] != derived[k])
             raise ValueError(f"{bad}: {stated[bad]!r} is not what the recipe's task gives ({derived[bad]!r})")
         return self
 
+    @cached_property
     def program(self) -> Program:
-        """The System 1 program of the recipe (its prompts are the distillation set's)."""
+        """The System 1 program of the recipe (its prompts are the distillation set's); built
+        once per recipe, not per request."""
         return system1_program(self.method, self.task, self.template)
 
     def messages(self, text: str, fields: dict[str, Any] | None = None) -> list[dict[str, str]]:
         """The chat messages the model trained on for raw input ``text`` (``fields``: the other
         input fields the program reads, e.g. BSM's response_a/response_b). A program's refusal
         of the fields raises ValueError."""
-        program = self.program()
+        program = self.program
         return program.call(program.system1_input({"input": text, "meta": dict(fields or {})})).messages
 
 

@@ -138,8 +138,8 @@ class OpenAIServer:
         """System 2 answers are a vote over the program's samples: parameters of single answers are refused."""
         if mode == "system1":
             return
-        for name in SYSTEM1_ONLY:
-            if name in req.model_fields_set and getattr(req, name) not in (None, False):
+        for name in SYSTEM1_ONLY:  # given, and not the default (an explicit default changes nothing)
+            if name in req.model_fields_set and getattr(req, name) != type(req).model_fields[name].default:
                 raise APIError(400, f"{name}: applies to System 1 answers only (s2d_mode system1); a System 2 answer "
                                     "is a vote over the program's samples", param=name, code="unsupported_parameter")
         if req.n > 1:
