@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from s2d_ray.answers import extract_choice
 from s2d_ray.tasks import TaskSpec
 from s2d_ray.config import load_config
 from s2d_ray.programs import get_program
@@ -54,8 +55,13 @@ def test_each_method_parses_real_output(loop, small_engine, method):
         solves = [c.messages[-1]["content"] for c in calls if "only on this criterion" in c.messages[-1]["content"]]
         orders = [p.index("2 + 2 = 4.") < p.index("2 + 2 = 5.") for p in solves]
         assert orders.count(True) == orders.count(False)  # each criterion asked in both orders
-        assert all(s.answer in ("A", "B", "tie", None) for s in samples)
-        assert any(s.answer for s in samples), [s.reasoning[-1] for s in samples]
+        # a chain's verdict is what extraction reads from its merge step, mapped back to the
+        # original order on the swapped view (whether a 135M model at temperature 0.7 reaches a
+        # parseable verdict at all is chance: none did in 6 chains on one CI run)
+        swap = {"A": "B", "B": "A", "tie": "tie", None: None}
+        for s in samples:
+            verdict = extract_choice(s.reasoning[-1])
+            assert s.answer == (swap[verdict] if s.view == "swapped" else verdict), s.reasoning[-1]
 
 
 def _write_inputs(path: Path) -> None:
