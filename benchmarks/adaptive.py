@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,7 +135,7 @@ def main() -> None:
         passes = {split: {mode: asyncio.run(ask(rows, mode)) for mode in ("system1", "system2")}
                   for split, rows in (("train", train_rows), ("test", test_rows))}
     finally:
-        served.stop(proc)
+        served.stop(proc, signal.SIGTERM)
     train = curve(train_rows, passes["train"]["system1"], passes["train"]["system2"], task.is_correct)
     test = curve(test_rows, passes["test"]["system1"], passes["test"]["system2"], task.is_correct)
     autos = [k for k in train if k.startswith("auto@")]
@@ -144,7 +145,7 @@ def main() -> None:
     try:
         real_rows = asyncio.run(ask(test_rows, "auto"))
     finally:
-        served.stop(proc)
+        served.stop(proc, signal.SIGTERM)
     real = {"accuracy": sum((a["answer"] is not None and task.is_correct(a["answer"], r)) if a["path"] == "system2"
                             else task.is_correct(a["text"], r) for a, r in zip(real_rows, test_rows)) / len(test_rows),
             "mean_generated_tokens": sum(a["tokens"] for a in real_rows) / len(test_rows),

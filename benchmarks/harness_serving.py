@@ -15,6 +15,7 @@ Run: python benchmarks/harness_serving.py [--model smollm2-135m-instruct] [--tas
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def main() -> None:
             model_args=f"model={model_name},base_url={URL}/v1/chat/completions,num_concurrent=1,max_retries=1")
         chat_wall = time.perf_counter() - t0
     finally:
-        served.stop(proc)
+        served.stop(proc, signal.SIGTERM)
     acc = ll["results"][name]["acc,none"]
     print(f"local-completions, {args.task}, {args.n} documents, batch_size {args.batch_size}: "
           f"{ll_wall:.1f} s, acc {acc:.3f}")

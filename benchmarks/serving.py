@@ -9,6 +9,7 @@ count of 5xx (must be 0). One run; run: python benchmarks/serving.py
 
 from __future__ import annotations
 
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def main() -> dict[str, float]:
                     statuses.append(code)
             wall = time.perf_counter() - t0
     finally:
-        served.stop(proc)
+        served.stop(proc, signal.SIGTERM)
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     bare = bare_p50(resolve_model(model))
     ratio = round(served / bare, 3)

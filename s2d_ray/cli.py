@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from s2d_ray import console
 from s2d_ray.errors import S2DError
 
 
@@ -16,7 +17,14 @@ def _config_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set sample.n_samples=4 (repeatable)")
+    _verbose_flag(p)
     return p
+
+
+def _verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show vLLM's, Ray's and DeepSpeed's logs on the terminal too (or S2D_LOG=debug); "
+                   "they always go to the log file named at start")
 
 
 def _cmd_tasks_make(args: argparse.Namespace) -> int:
@@ -33,29 +41,32 @@ def _cmd_tasks_make(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
+    """The command's config; from here on its logs go to OUTPUT_DIR/logs/ (s2d_ray.console)."""
     from s2d_ray.config import load_config
 
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    console.start(console.log_path(cfg.output_dir, args.command), args.verbose)
+    return cfg
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from s2d_ray.sampling import format_summary, sample
 
-    print(format_summary(sample(_load(args))))
+    console.say(format_summary(sample(_load(args))))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from s2d_ray.training import format_result, train
 
-    print(format_result(train(_load(args))))
+    console.say(format_result(train(_load(args))))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from s2d_ray.evaluation import evaluate, format_report
 
-    print(format_report(evaluate(_load(args))))
+    console.say(format_report(evaluate(_load(args))))
     return 0
 
 
@@ -64,7 +75,7 @@ def _cmd_broader(args: argparse.Namespace) -> int:
     from s2d_ray.evaluation.report import format_harness
 
     summary = broader(_load(args))
-    print("\n".join(format_harness(summary["tasks"], summary["settings"])))
+    console.say("\n".join(format_harness(summary["tasks"], summary["settings"])))
     return 0
 
 
@@ -78,6 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_paper(args: argparse.Namespace) -> int:
     from s2d_ray.paper import paper
 
+    console.start(console.log_path(args.out, "paper"), args.verbose)
     paper(args.configs, args.out, args.set)
     return 0
 
@@ -85,6 +97,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from s2d_ray.serving.app import serve_forever
 
+    console.start(console.log_path("", "serve"), args.verbose)
     serve_forever(args.model_dir, host=args.host, port=args.port, api_key=args.api_key, config_path=args.config)
     return 0
 
@@ -117,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("configs", nargs="+", help="run configs, one per method")
     paper.add_argument("--out", default="runs/paper", help="where the table goes (default runs/paper)")
     paper.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every config")
+    _verbose_flag(paper)
     paper.set_defaults(func=_cmd_paper)
 
     serve = sub.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) with Ray Serve until Ctrl-C")
@@ -125,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="HTTP port")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set S2D_API_KEY)")
     serve.add_argument("--config", default=None, help="serving YAML (autoscaling, adapters, adaptive mode)")
+    _verbose_flag(serve)
     serve.set_defaults(func=_cmd_serve)
     return parser
 
@@ -146,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("s2d: interrupted; finished work is kept, run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        console.stop()
 
 
 if __name__ == "__main__":

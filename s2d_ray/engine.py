@@ -11,7 +11,9 @@ Ray here (the sampling actor and the Serve deployment each hold one).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import gc
 import os
 import uuid
 from dataclasses import dataclass
@@ -153,6 +155,12 @@ class Engine:
         self.max_model_len = cfg.max_model_len
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop its requests run on
         self.loras = {name: LoRARequest(name, i + 1, p) for i, (name, p) in enumerate(sorted(local.items()))}
+        self._closed = False
+        # Stopped when this process exits, while the interpreter is whole (engine-holding actors
+        # keep their engine processes alive until then: runtime.engine_actor_options). Ray Data
+        # and Serve do not delete their UDF and replica objects before the interpreter tears
+        # down, where vLLM's own __del__ failed ("'NoneType' object is not callable").
+        atexit.register(self.shutdown)
 
     # -- prompts ----------------------------------------------------------------------------------
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -171,12 +179,14 @@ class Engine:
     async def requests(self, ids: list[int], params, adapter: str | None = None) -> AsyncIterator[Any]:
         """vLLM ``RequestOutput``s of one request (one final, or deltas when streaming).
         An engine that has died raises ``EngineDead``; a request's own failure its own error."""
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
         self._loop = asyncio.get_running_loop()
         try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex,
+            # Token ids are already the rendered prompt (the chat template applied in chat_ids):
+            # an engine input, not a raw prompt for vLLM's renderer (deprecated as input).
+            async for out in self.llm.generate(tokens_input(ids), params, uuid.uuid4().hex,
                                                lora_request=self.loras.get(adapter) if adapter else None):
                 yield out
         except EngineDeadError as e:
@@ -209,11 +219,26 @@ class Engine:
 
     @property
     def dead(self) -> bool:
-        return self.llm.errored
+        return self.llm is None or self.llm.errored
 
     def shutdown(self) -> None:
         """Stop the engine processes, on the event loop that ran its requests (in another thread
-        for Ray Data's async UDFs) where that loop still exists, so vLLM's output task ends cleanly."""
+        for Ray Data's async UDFs) where that loop still exists, so vLLM's output task ends cleanly.
+        Once: later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.shutdown)
+        try:
+            self._shutdown()
+        finally:
+            # vLLM's AsyncLLM.__del__ shuts down again: let it run now, while the interpreter is
+            # whole (at interpreter teardown it found its module globals gone and raised
+            # "'NoneType' object is not callable").
+            self.llm = None
+            gc.collect()
+
+    def _shutdown(self) -> None:
         loop = self._loop
         if loop is not None and loop.is_running() and not _on_loop(loop):
             try:

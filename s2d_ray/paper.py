@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from s2d_ray import console
 from s2d_ray.outputs import OutputDir
 
 BASELINES: dict[str, tuple[str, list[str]]] = {  # overrides; {method}: the config's sample.method
@@ -154,11 +155,11 @@ def paper(configs: list[str], out_dir: str, sets: list[str]) -> list[dict[str, A
     entries = []
     for path in configs:
         cfg = load_config(path, sets)
-        print(f"\n##### s2d paper: {path} ({cfg.sample.method} on {cfg.task_name}) -> {cfg.output_dir}", flush=True)
+        console.say(f"\n##### s2d paper: {path} ({cfg.sample.method} on {cfg.task_name}) -> {cfg.output_dir}")
         report = run(cfg)
         baselines = {}
         for key, (label, overrides) in BASELINES.items():
-            print(f"\n##### s2d paper: {path}, {label}", flush=True)
+            console.say(f"\n##### s2d paper: {path}, {label}")
             overrides = [o.format(method=cfg.sample.method) for o in overrides]
             base_cfg = load_config(path, [*sets, f"output_dir={cfg.output_dir}-{key}", *overrides, "eval.base=false"])
             baselines[key] = run(base_cfg)
@@ -168,5 +169,5 @@ def paper(configs: list[str], out_dir: str, sets: list[str]) -> list[dict[str, A
     out.write_text(format_table(entries), "table.md")
     with out.fs.open_output_stream(out.path("table.png")) as f:
         f.write(plot(entries))
-    print("\n" + format_table(entries) + f"\ntable: {out.uri('table.md')} (.json, .png)")
+    console.say("\n" + format_table(entries) + f"\ntable: {out.uri('table.md')} (.json, .png)")
     return entries

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from s2d_ray import console
 from s2d_ray.config import RunConfig
 
 
@@ -22,15 +23,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     def stage(name: str) -> None:
-        print(f"\n=== s2d run: {name} ({time.perf_counter() - start:.0f}s elapsed) ===", flush=True)
+        console.say(f"\n=== s2d run: {name} ({time.perf_counter() - start:.0f}s elapsed) ===")
 
     stage("sample + filter")
     t = time.perf_counter()
-    print(format_summary(sample(cfg)), flush=True)
+    console.say(format_summary(sample(cfg)))
     timings["sample_s"] = time.perf_counter() - t
     stage("train")
     t = time.perf_counter()
-    print(format_result(train(cfg)), flush=True)
+    console.say(format_result(train(cfg)))
     timings["train_s"] = time.perf_counter() - t
     stage("eval")
     t = time.perf_counter()
@@ -45,9 +46,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         timings["broader_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
     out = OutputDir(cfg.output_dir)
-    print("\n" + format_report(report))
-    print(f"wall time: sample {timings['sample_s']:.0f}s, train {timings['train_s']:.0f}s, "
-          f"eval {timings['eval_s']:.0f}s, total {timings['total_s']:.0f}s")
-    print(f"outputs: distillation set {out.uri('distill')}\n         model {out.uri('model')}\n"
-          f"         report {out.uri('report.md')} (.json, .png)")
+    console.say("\n" + format_report(report))
+    console.say(f"wall time: sample {timings['sample_s']:.0f}s, train {timings['train_s']:.0f}s, "
+                f"eval {timings['eval_s']:.0f}s, total {timings['total_s']:.0f}s")
+    console.say(f"outputs: distillation set {out.uri('distill')}\n         model {out.uri('model')}\n"
+                f"         report {out.uri('report.md')} (.json, .png)")
     return report

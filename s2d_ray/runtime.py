@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
+from s2d_ray import console
 from s2d_ray.errors import S2DError
 from s2d_ray.storage import is_local, is_shared_mount
 
@@ -22,8 +23,15 @@ def init_ray(locations: Iterable[tuple[str, str]] = ()) -> None:
         path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
         runtime_env = None if address else {"env_vars": {"PYTHONPATH": path}}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, configure_logging=False)
+        console.route_worker_logs()  # the command line's log file; a no-op for library use
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    # Under the command line s2d draws one progress display per stage (s2d_ray.progress);
+    # Ray Data's own bars (and, off a terminal, its periodic progress logs) are for --verbose.
+    ctx.enable_progress_bars = not console.active() or console.verbose()
+    if not ctx.enable_progress_bars:  # and Ray Data's advice to turn its bars back on is not for them
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
     ctx.verbose_stats_logs = False
     for name, location in locations:
         require_shared(name, location)
@@ -69,7 +77,16 @@ def write_options() -> dict[str, Any]:
     return {"ray_remote_args": {"num_cpus": 0}, "concurrency": max(1, int(ray.cluster_resources().get("CPU", 1)))}
 
 
-def thread_options(cpu_threads: int | None) -> dict[str, Any]:
-    """Ray actor options that give a CPU engine ``cpu_threads`` compute threads (Ray would
-    otherwise pin OMP_NUM_THREADS to the actor's num_cpus); none when unset."""
-    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cpu_threads)}}} if cpu_threads else {}
+def engine_actor_options(cpu_threads: int | None) -> dict[str, Any]:
+    """Ray actor options for an actor that holds a vLLM engine (a Ray Data stage's, a Serve
+    replica's). ``cpu_threads`` gives a CPU engine that many compute threads (Ray would otherwise
+    pin OMP_NUM_THREADS to the actor's num_cpus). And the actor stops its engine itself when it
+    exits (s2d_ray.engine.Engine.shutdown, at exit): Ray's default kills a worker's child
+    processes first, before the actor's shutdown hooks run, so vLLM's output task read a dead
+    engine core and every successful run printed an EngineDeadError traceback and Python's
+    resource_tracker KeyErrors. An actor that dies without exiting still loses its engine to
+    the engine's own watchdog (s2d_ray.engine._reap_when_orphaned)."""
+    env = {"RAY_kill_child_processes_on_worker_exit": "false"}
+    if cpu_threads:
+        env["OMP_NUM_THREADS"] = str(cpu_threads)
+    return {"runtime_env": {"env_vars": env}}

@@ -1,5 +1,6 @@
 """`s2d serve` as a test starts it: a process group on a port, healthy before the test talks to it,
-stopped with Ctrl-C (SIGINT) as a user would, killed if it does not stop."""
+stopped with Ctrl-C (SIGINT to the group, as a terminal sends it) or SIGTERM (to the process, as
+kill, systemd and Kubernetes send it), killed if it does not stop."""
 
 from __future__ import annotations
 
@@ -33,9 +34,15 @@ def start(model: str, port: int, log: Path, *args: str, env: dict[str, str] | No
         time.sleep(2)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGINT)
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> int | None:
+    """Stop the server; its exit status, or None where it had to be killed after 60 s."""
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     try:
-        proc.wait(timeout=60)
+        return proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None

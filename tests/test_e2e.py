@@ -6,6 +6,8 @@ as evaluation measured it."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,19 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     assert distill.num_rows >= 2 and set(distill.column_names) >= {"id", "input", "target", "agreement", "model"}
     assert (out / "model" / "config.json").exists() and (out / "adapter" / "adapter_config.json").exists()
     assert "Distilled System 1" in first.stdout and "report" in first.stdout
+    # What a user watches (s2d_ray.console, s2d_ray.progress): off a terminal, each stage's
+    # progress as plain lines; the engines', Ray's and DeepSpeed's logs in the run's log file;
+    # no traceback anywhere after a successful run (engine actors stop their engines cleanly).
+    assert "Traceback" not in first.stderr + first.stdout, (first.stderr + first.stdout)[-6000:]
+    for line in ("sample (s2a x4): 16/16 rows (100%)", "eval base model (System 1 + System 2): 20/20 rows (100%)",
+                 "eval distilled model: 12/12 rows (100%)"):
+        assert line in first.stdout, line
+    assert re.search(r"^train: (\d+)/\1 steps \(100%\), loss [\d.]+, .* elapsed", first.stdout, re.M), first.stdout
+    (log,) = (out / "logs").glob("run-*.log")
+    assert f"logs go to {log}" in first.stdout
+    text = log.read_text()
+    assert "INFO" in text and "Loading weights took" in text and "[s2d train] step" in text and "Traceback" not in text
+    assert "Loading weights took" not in first.stdout + first.stderr  # vLLM's INFO lines stay in the file
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -97,4 +112,6 @@ def served_as_evaluated(out: Path, tmp_path: Path, port: int = 8393) -> None:
             answers.append((spec.extract(text), spec.extract(r["samples"][0]["text"]), text, r["samples"][0]["text"]))
         assert sum(a == b for a, b, _, _ in answers) >= len(rows) - 2, answers
     finally:
-        served.stop(proc)
+        code = served.stop(proc, signal.SIGTERM)  # as kill, systemd and Kubernetes stop it
+    log = (tmp_path / "serve.log").read_text()
+    assert code == 0 and "Traceback" not in log and "SIGTERM received" not in log and "stopped" in log, log[-3000:]

@@ -267,7 +267,9 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     for name, specs in stages.items():
         config_hash = next(iter(specs.values())).config_hash
         parent = trained["config_hash"] if name == "distilled" else None
-        stats[name] = run_stage(_dataset(cfg, specs), specs, cfg.sample.actors, out, f"eval/{name}", parent).as_dict()
+        title = "eval base model (System 1 + System 2)" if name == "base" else "eval distilled model"
+        stats[name] = run_stage(_dataset(cfg, specs), specs, cfg.sample.actors, out, f"eval/{name}", parent,
+                                title=title).as_dict()
         scored[name] = score_stage(out, name, specs, cfg, config_hash)
     figs = ray.get(ray.remote(figures).options(num_cpus=LIGHT_CPUS).remote(out, scored, cfg))
     report = {

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from s2d_ray import console
 from s2d_ray.config import BroaderConfig, RunConfig, content
 from s2d_ray.errors import S2DError
 from s2d_ray.models import cache_dir
@@ -67,7 +68,7 @@ def bigbench_sdist() -> Path:
                        "(pip download bigbench==1.0.0 --no-deps --no-binary :all:) or set PIP_INDEX_URL") from None
     part = path.with_suffix(".part")
     digest = hashlib.sha256()
-    print(f"broader: fetching {path.name} (358 MB, once) from {url}", flush=True)
+    console.say(f"broader: fetching {path.name} (358 MB, once) from {url}")
     with urllib.request.urlopen(url, timeout=600) as r, open(part, "wb") as f:
         while chunk := r.read(1 << 20):
             digest.update(chunk)
@@ -285,7 +286,7 @@ def broader(cfg: RunConfig) -> dict[str, Any]:
         if out.exists("broader", f"{which}.json") and (done := out.read_json("broader", f"{which}.json")).get("key") == key:
             results[which] = done["tasks"]
             continue
-        print(f"broader: lm-evaluation-harness {lm_eval.__version__}, {len(b.tasks)} tasks, {which} model {model}", flush=True)
+        console.say(f"broader: lm-evaluation-harness {lm_eval.__version__}, {len(b.tasks)} tasks, {which} model {model}")
         results[which] = ray.get(run.remote(model, cfg.sample.engine.model_dump(), b.model_dump(), cfg.data.seed))
         out.write_text(json.dumps({"key": key, "model": model, "settings": settings, "tasks": results[which]}), "broader", f"{which}.json")
     table = {task: {"metric": results["base"][task]["metric"],

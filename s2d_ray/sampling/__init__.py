@@ -21,7 +21,8 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
     out = OutputDir(cfg.output_dir)
     spec = sample_spec(cfg)
     ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")
-    stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples")
+    stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples",
+                      title=f"sample ({cfg.sample.method} x{cfg.sample.n_samples})")
     counts = write_derived(out, spec.config_hash, cfg.task_spec, cfg.sample.filter.balance)
     total = sum(counts.get(s, 0) for s in ("kept", "dropped", "rejected"))
     n_kept, n_rejected = counts.get("kept", 0) - counts.get("capped", 0), counts.get("rejected", 0)

@@ -8,6 +8,7 @@ replica, continuous batching across requests, autoscaling.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from s2d_ray import console
 from s2d_ray.errors import S2DError, first_error
 from s2d_ray.models import is_path
 from s2d_ray.recipe import read_recipe
-from s2d_ray.runtime import require_shared, thread_options
+from s2d_ray.runtime import require_shared, engine_actor_options
 from s2d_ray.serving.api import OpenAIServer, build_api
 from s2d_ray.serving.settings import ServeSettings
 
@@ -52,7 +54,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                             "target_ongoing_requests": s.target_ongoing_requests},
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
-        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus, **thread_options(s.cpu_threads)},
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus, **engine_actor_options(s.cpu_threads)},
     ).bind(s.model_dump())
 
 
@@ -84,16 +86,24 @@ def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api
     from s2d_ray.runtime import init_ray
 
     settings = load_settings(model_dir, api_key, config_path)
+    console.say("s2d serve: starting Ray")
     init_ray([("model_dir", settings.model_dir)] if is_path(settings.model_dir) else [])
     for name, path in settings.adapters.items():
         require_shared(f"adapters.{name}", path)
+    console.say(f"s2d serve: starting Ray Serve on {host}:{port}")
     serve.start(http_options={"host": host, "port": port})
+    console.quiet_libraries()  # Ray Serve sets up its loggers when it starts
+    console.say(f"s2d serve: starting {settings.served_name!r} (a vLLM engine per replica)")
     serve.run(build_app(settings.model_dump()), name="s2d", route_prefix="/")
     auth = "API key required" if (settings.api_key or os.environ.get("S2D_API_KEY")) else "no API key (open)"
     recipe = read_recipe(settings.model_dir) if os.path.isdir(settings.model_dir) else None
     prompt = (f"raw inputs asked in its trained prompt (s2d_prompt.json: task "
               f"{recipe.task.name if recipe.task else 'free-form'}, {recipe.method})" if recipe else "messages sent as given")
-    print(f"serving {settings.served_name!r} at http://{host}:{port}/v1 ({auth}; {prompt}); Ctrl-C to stop", flush=True)
+    console.say(f"serving {settings.served_name!r} at http://{host}:{port}/v1 ({auth}; {prompt}); Ctrl-C to stop")
+    # SIGTERM (kill, systemd, Kubernetes) stops the server as Ctrl-C does. Ray's core worker
+    # installs a failure handler for it that dumps every thread's stack and aborts; a Python
+    # handler set after ray.init replaces it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -101,3 +111,8 @@ def serve_forever(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api
         pass
     finally:
         serve.shutdown()
+    console.say("stopped")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

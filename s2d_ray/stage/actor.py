@@ -30,7 +30,9 @@ class ProgramStage:
     """``specs`` maps job names to specs that share the model and engine settings, so one engine
     start serves e.g. System 1 and System 2 evaluation; rows name their job in ``job``."""
 
-    def __init__(self, specs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, specs: dict[str, dict[str, Any]], progress: Any = None) -> None:
+        """``progress``: the driver's s2d_ray.progress board (counts of finished rows), or None."""
+        self.progress = progress
         self.specs = {name: StageSpec(**s) for name, s in specs.items()}
         first = next(iter(self.specs.values()))
         cfg = EngineConfig(**first.engine)
@@ -38,11 +40,6 @@ class ProgramStage:
         self.programs = {name: s.program() for name, s in self.specs.items()}
         self.max_model_len = cfg.max_model_len
         self.clock = BusyClock()
-
-    def __del__(self) -> None:
-        """Ray Data calls this when it retires the actor: stop the engine's processes cleanly."""
-        if hasattr(self, "engine"):
-            self.engine.shutdown()
 
     def _prompt_tokens(self, text: str) -> int:
         return len(self.engine.chat_ids(user(text)))
@@ -56,11 +53,15 @@ class ProgramStage:
                 for r in rows:
                     counts = jobs[r["job"] or next(iter(self.specs))]
                     counts[0], counts[1] = counts[0] + 1, counts[1] + r["generated_tokens"]
+                if self.progress is not None:
+                    kept = sum(r["status"] == "kept" for r in rows)  # evaluation's rows are never kept
+                    self.progress.add.remote({"rows": len(rows), "tokens": sum(r["generated_tokens"] for r in rows),
+                                              **({"kept": kept} if kept else {})})
                 yield pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
         except EngineDead as e:
             # Every row on this engine would fail: end the actor, so Ray Data starts a new one and
             # retries its batches there (as after a lost node), and nothing finished is lost.
-            print(f"[s2d] {e}; restarting this engine actor", flush=True)
+            print(f"[s2d] WARNING: {e}; restarting this engine actor", flush=True)
             os._exit(1)
         for job, (n, tokens) in jobs.items():
             print(f"[s2d] {job}: {n} rows, {tokens} tokens", flush=True)

@@ -24,7 +24,8 @@ from s2d_ray.config import ActorPoolConfig
 from s2d_ray.errors import S2DError
 from s2d_ray.datasets import ShardSink, read_results
 from s2d_ray.outputs import OutputDir, new_run_id, read_manifest, write_manifest
-from s2d_ray.runtime import LIGHT_CPUS, thread_options, write_options
+from s2d_ray.progress import StageProgress
+from s2d_ray.runtime import LIGHT_CPUS, engine_actor_options, write_options
 from s2d_ray.stage.screen import done_keys, plan_screen, screen_rows
 from s2d_ray.stage.spec import StageSpec
 
@@ -133,13 +134,14 @@ def check_config(out: OutputDir, subdir: str, config_hash: str) -> None:
 
 
 def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: OutputDir, subdir: str,
-              parent: str | None = None) -> StageStats:
+              parent: str | None = None, title: str | None = None) -> StageStats:
     """Run ``specs`` (rows pick theirs by ``job``) over ``ds``; add results to ``out/subdir``.
 
     ``ds`` (lazy) is read twice: by the planning pass, then by the pipeline, which cuts it into
     blocks of ``actors.batch_size`` rows, each one task on an engine actor whose rows reach the
     writer as soon as that batch is done, however long the actor's other batches take. Resumable: ids already in ``out/subdir`` are skipped. All specs share one config hash;
-    ``parent`` is the hash of what the stage reads (recorded in its manifest)."""
+    ``parent`` is the hash of what the stage reads (recorded in its manifest); ``title`` names
+    the stage on the progress display (default: ``subdir``)."""
     import ray.data
 
     from s2d_ray.stage.actor import ProgramStage
@@ -153,20 +155,22 @@ def run_stage(ds, specs: dict[str, StageSpec], actors: ActorPoolConfig, out: Out
     write_manifest(out, subdir, config_hash=config_hash, parent=parent, complete=False)
     ds = ds.map_batches(screen_rows, fn_kwargs={"screen": screen}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
     ds = light_repartition(ds, actors.batch_size)
-    results = ds.map_batches(
-        ProgramStage,
-        fn_constructor_kwargs={"specs": {name: asdict(s) for name, s in specs.items()}},
-        batch_size=actors.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors,
-                                           max_concurrent_calls_per_actor=actors.max_concurrent_batches),
-        num_cpus=actors.num_cpus,
-        num_gpus=actors.num_gpus,
-        **thread_options(actors.cpu_threads),
-    )
+    sampling = any(s.filter is not None for s in specs.values())  # evaluation keeps no rows
     sink = ShardSink(out, subdir, new_run_id(), actors.rows_per_file, summarize=_written_stats)
     start = time.perf_counter()
-    results.write_datasink(sink, **write_options())
+    with StageProgress(title or subdir, todo, counts=("kept",) if sampling else ()) as board:
+        results = ds.map_batches(
+            ProgramStage,
+            fn_constructor_kwargs={"specs": {name: asdict(s) for name, s in specs.items()}, "progress": board},
+            batch_size=actors.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors,
+                                               max_concurrent_calls_per_actor=actors.max_concurrent_batches),
+            num_cpus=actors.num_cpus,
+            num_gpus=actors.num_gpus,
+            **engine_actor_options(actors.cpu_threads),
+        )
+        results.write_datasink(sink, **write_options())
     stats = StageStats(skipped_done=n_done)
     for summary in sink.summaries:
         stats.merge(StageStats.from_json(summary))

@@ -18,7 +18,8 @@ from s2d_ray.errors import S2DError
 from s2d_ray.outputs import OutputDir, manifest_files, read_manifest
 from s2d_ray.recipe import RECIPE_FILE, recipe_of
 from s2d_ray.runtime import init_ray
-from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, train_loop_per_worker
+from s2d_ray.progress import StageProgress
+from s2d_ray.training.loop import EXPORT_DIR, STATE_FILE, steps_per_epoch, train_loop_per_worker
 
 TRAIN_INFO = "s2d_train.json"
 
@@ -79,22 +80,25 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     # with the workers.
     ds = read_results(out, manifest_files(out, "distill"), ["input", "target"]).random_shuffle(seed=tc.seed).materialize()
     system_prompt = cfg.task_spec.system_prompt if cfg.task_spec else None
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": tc.model_dump(), "model": cfg.model, "n_examples": n, "system_prompt": system_prompt},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"train-{key}",
-            storage_path=out.uri("checkpoints"),
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        datasets={"train": ds},
-    )
-    result = trainer.fit()
+    total_steps = steps_per_epoch(n, tc.num_workers, tc) * tc.epochs
+    with StageProgress("train", total_steps, unit="steps") as board:  # rank 0 reports its steps
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"train": tc.model_dump(), "model": cfg.model, "n_examples": n, "system_prompt": system_prompt,
+                               "progress": board},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"train-{key}",
+                storage_path=out.uri("checkpoints"),
+                failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+            torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+            datasets={"train": ds},
+        )
+        result = trainer.fit()
     if result.error or result.checkpoint is None:
         raise RuntimeError(f"training failed: {result.error}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -83,15 +83,18 @@ def _load_model(model_path: str, tc: TrainConfig, ds_config: dict[str, Any]):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: train (TrainConfig dict), model (as configured: resolved
-    here, on this worker's node), n_examples, system_prompt (the task's, or None). Rows arrive
+    here, on this worker's node), n_examples, system_prompt (the task's, or None), progress (the
+    driver's s2d_ray.progress board, or None). Rows arrive
     as text and are tokenized here, by the model's own chat template."""
+    tc = TrainConfig(**config["train"])
+    if not tc.use_gpu:  # DeepSpeed otherwise probes for GPUs and warns that it found none
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     import ray.train
     import torch
 
     from s2d_ray.models import resolve_model
 
-    tc = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
@@ -122,6 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.load_checkpoint(d, load_module_strict=False)
         step, epoch, done_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         history = state["history"]
+        if rank == 0 and config.get("progress") is not None:
+            config["progress"].put.remote({"done": step})
         if rank == 0:
             print(f"[s2d train] resumed from checkpoint at step {step} (epoch {epoch})", flush=True)
 
@@ -164,6 +169,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 _report_checkpoint(engine, metrics, state)
             else:
                 ray.train.report(metrics)
+            if rank == 0 and config.get("progress") is not None:
+                config["progress"].put.remote({"done": step, "loss": metrics["loss"]})
             if rank == 0:
                 print(f"[s2d train] step {step}/{total_steps} epoch {epoch + 1} loss {metrics['loss']:.4f} "
                       f"lr {metrics['lr']:.2e} {metrics['step_time_s']:.2f}s/step {metrics['tokens_per_s']:.0f} tok/s", flush=True)
