@@ -24,7 +24,7 @@ import re
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +33,7 @@ from s2d_ray.storage import is_local
 
 # Loggers of the libraries s2d drives; they are turned down on the terminal, not in the file.
 LIBRARIES = ("ray", "vllm", "deepspeed", "transformers", "torch", "lm_eval", "datasets", "urllib3", "filelock",
-             "fsspec", "botocore", "s3fs", "huggingface_hub", "accelerate", "peft", "py.warnings")
+             "fsspec", "botocore", "s3fs", "huggingface_hub", "accelerate", "peft")
 _LOUD = re.compile(r"\b(WARNING|WARN|ERROR|CRITICAL|FATAL)\b|^\s*[\w.]*(Error|Exception): |Traceback \(most recent call last\)")
 _QUIET_WORDS = re.compile(r"^\s*(INFO|DEBUG)\b|\bINFO\b [\w./:]+ --|\[INFO\]|\bINFO\s+\d\d-\d\d ")
 _TQDM = "__ray_tqdm_magic_token__"
@@ -48,6 +48,7 @@ class _Console:
     in_traceback: set  # worker pids whose traceback is being forwarded
     copied: list  # library loggers the file handler was added to
     seen: set = field(default_factory=set)  # warnings already shown (each engine start repeats them)
+    restore: Any = None  # puts Ray's own printer of worker output back
 
 
 _STATE: _Console | None = None
@@ -98,9 +99,6 @@ def start(path: Path, verbose: bool = False) -> Path:
     logging.captureWarnings(True)
     if not verbose:
         terminal.addFilter(lambda record: record.name != "py.warnings")
-    # vLLM configures its logger from these when it is imported; in this process and in the Ray
-    # workers it starts (a local Ray's workers inherit this environment), INFO goes to the file.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
     quiet_libraries()
     say(f"s2d: logs go to {path}" + (" (and the terminal: verbose)" if verbose else " (--verbose shows them here)"))
     return path
@@ -155,9 +153,16 @@ def route_worker_logs() -> None:
             with above_progress():
                 ray_worker.print_to_stdstream({**data, "lines": loud}, ignore_prefix=False)
 
+    def restore() -> None:  # at stop: Ray prints its workers' output again, as it did
+        dispatcher.remove_handler("s2d_logs")
+        dispatcher.add_handler("ray_print_logs", ray_printer)
+
+    ray_printer = next((h for name, h in dispatcher.handlers if name == "ray_print_logs"), None)
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.remove_handler("s2d_logs")
     dispatcher.add_handler("s2d_logs", handle)
+    if ray_printer is not None:
+        _STATE.restore = restore
     quiet_libraries()
 
 
@@ -192,13 +197,9 @@ def _first_time(state: _Console, line: str) -> bool:
 @contextmanager
 def above_progress():
     """Write to the terminal above a progress bar (tqdm clears it and draws it again after)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers and vLLM
-        cm = nullcontext()
-    else:
-        cm = tqdm.external_write_mode(file=sys.stderr)
-    with cm:
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=sys.stderr):
         yield
 
 
@@ -227,4 +228,6 @@ def stop() -> None:
                 if h.get_name() in ("s2d-file", "s2d-terminal"):
                     logger.removeHandler(h)
         logging.captureWarnings(False)
+        if state.restore is not None:
+            state.restore()
         state.file.close()

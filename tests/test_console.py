@@ -92,3 +92,34 @@ def test_a_warning_every_engine_start_repeats_is_shown_once_errors_every_time(st
     assert console._first_time(state, first) and not console._first_time(state, again)
     assert console._first_time(state, error) and console._first_time(state, error)
     assert console._first_time(state, "WARNING [cpu.py:225] Another warning")
+
+
+def test_worker_output_goes_to_the_file_and_only_its_warnings_and_tracebacks_to_the_terminal(tmp_path, capsys, monkeypatch):
+    """Ray forwards each worker's lines to the driver through its stdstream dispatcher (what
+    ray.init(log_to_driver=True) prints); under the console they are routed instead."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    monkeypatch.delenv("S2D_LOG", raising=False)
+    path = console.start(tmp_path / "run.log")
+    saved = list(dispatcher.handlers)
+    if not any(name == "ray_print_logs" for name, _ in saved):  # as after ray.init(log_to_driver=True)
+        dispatcher.add_handler("ray_print_logs", lambda data: None)
+        saved = list(dispatcher.handlers)
+    try:
+        console.route_worker_logs()
+        batch = {"ip": "10.0.0.1", "localhost": "10.0.0.1", "pid": 42, "actor_name": "MapWorker(ProgramStage)",
+                 "is_err": True, "lines": [QUIET[0], LOUD[0], "Traceback (most recent call last):", '  File "x.py", line 1',
+                                           "ValueError: bad", QUIET[1]]}
+        dispatcher.emit(batch)
+        dispatcher.emit({**batch, "pid": 43, "lines": [LOUD[0].replace("21:25:10", "21:31:02")]})  # the next engine's
+        console.stop()
+        assert [name for name, _ in dispatcher.handlers] == [name for name, _ in saved]  # Ray's printer is back
+        text = path.read_text()
+        assert all(line in text for line in batch["lines"]) and "(MapWorker(ProgramStage) pid=42)" in text
+        err = capsys.readouterr().err
+        assert QUIET[0] not in err and QUIET[1] not in err
+        assert err.count("Pin memory is not supported on CPU.") == 1  # once per command
+        assert "Traceback (most recent call last):" in err and "ValueError: bad" in err and 'File "x.py"' in err
+    finally:
+        console.stop()
+        dispatcher.handlers = saved
