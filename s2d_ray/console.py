@@ -97,6 +97,8 @@ def start(path: Path, verbose: bool = False) -> Path:
     # Libraries' warnings.warn() calls speak to developers (e.g. Ray Data's note that a write cap
     # of 2 tasks met 1 input): the log file has them, --verbose shows them.
     logging.captureWarnings(True)
+    if not sys.stderr.isatty():  # Ray colours its worker-line prefixes; a log or a pipe shows the codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if not verbose:
         terminal.addFilter(lambda record: record.name != "py.warnings")
     quiet_libraries()

