@@ -88,8 +88,11 @@ class StageProgress:
         if interactive:
             from tqdm import tqdm
 
+            # tqdm's own remaining time starts from the first update, so engine start-up made it
+            # read hours; the bar shows the same ETA as the plain lines (Eta) instead.
             self._bar = tqdm(total=self.total, desc=self.title, unit=self.unit.rstrip("s") or "it",
-                             file=sys.stderr, dynamic_ncols=True, leave=True, smoothing=0.1)
+                             file=sys.stderr, dynamic_ncols=True, leave=True,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         else:
             console.say(f"{self.title}: {self.total} {self.unit} to go")
         self._thread = threading.Thread(target=self._loop, args=(interactive,), daemon=True, name="s2d-progress")
@@ -133,9 +136,12 @@ class StageProgress:
     def _draw(self, figures: dict[str, Any]) -> None:
         if self._bar is not None:
             done = figures.get("done", figures.get("rows", 0))
+            now = time.perf_counter()
             if done > self._bar.n:
                 self._bar.update(done - self._bar.n)
-            self._bar.set_postfix_str(", ".join(self._extras(figures, time.perf_counter())), refresh=True)
+            eta = self._eta(done, self.total, now)
+            extras = self._extras(figures, now) + ([f"ETA {_clock(eta)}"] if eta is not None else [])
+            self._bar.set_postfix_str(", ".join(extras), refresh=True)
         else:
             console.say(self.line(figures))
 
