@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except S2DError as e:
+        console.stop(keep=False)  # bad config or input: no log file in an output dir it refused
         print(f"s2d: {e}", file=sys.stderr)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - one line for users; S2D_DEBUG=1 for the traceback

@@ -18,6 +18,7 @@ writes the file. Library use without the command line (tests, notebooks) changes
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -80,8 +81,9 @@ def start(path: Path, verbose: bool = False) -> Path:
     """Send this command's logs to ``path``; the terminal keeps s2d's lines, warnings and errors."""
     global _STATE
     verbose = verbose or os.environ.get("S2D_LOG", "").lower() in ("debug", "verbose", "info")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    # Held in memory until the run is under way (attach): a run refused before it starts (a
+    # local output_dir on a multi-host cluster) leaves nothing in its output directory.
+    stream = io.StringIO()
     _STATE = _Console(path, verbose, stream, threading.Lock(), set(), [])
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -220,9 +222,27 @@ def say(message: str) -> None:
             _STATE.file.write(message + "\n")
 
 
-def stop() -> None:
-    """Flush and close the log file (at the command's end)."""
+def attach() -> None:
+    """Open the log file and write what was held so far (init_ray calls it once the cluster has
+    accepted the run's locations)."""
+    state = _STATE
+    if state is None or not isinstance(state.file, io.StringIO):
+        return
+    state.path.parent.mkdir(parents=True, exist_ok=True)
+    with state.lock:
+        held, state.file = state.file.getvalue(), open(state.path, "a", buffering=1, encoding="utf-8", errors="replace")
+        state.file.write(held)
+    for h in logging.getLogger().handlers:
+        if h.get_name() == "s2d-file":
+            h.setStream(state.file)
+
+
+def stop(keep: bool = True) -> None:
+    """Close the log file (at the command's end); ``keep=False`` (a refused run) drops what was
+    held if the file was never opened."""
     global _STATE
+    if keep:
+        attach()
     state, _STATE = _STATE, None
     if state is not None:
         for logger in [logging.getLogger(), *state.copied]:

@@ -35,6 +35,7 @@ def init_ray(locations: Iterable[tuple[str, str]] = ()) -> None:
     ctx.verbose_stats_logs = False
     for name, location in locations:
         require_shared(name, location)
+    console.attach()  # the run's log file, now that its output location is accepted
 
 
 def cluster_hosts() -> set[str]:

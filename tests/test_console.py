@@ -123,3 +123,19 @@ def test_worker_output_goes_to_the_file_and_only_its_warnings_and_tracebacks_to_
     finally:
         console.stop()
         dispatcher.handlers = saved
+
+
+def test_the_log_file_is_held_until_the_run_is_under_way_and_dropped_for_a_refused_run(tmp_path):
+    refused = tmp_path / "refused" / "logs" / "run.log"
+    console.start(refused)
+    console.say("s2d: a line before ray.init")
+    console.stop(keep=False)  # e.g. a local output_dir refused on a multi-host cluster
+    assert not (tmp_path / "refused").exists()
+    accepted = tmp_path / "accepted" / "logs" / "run.log"
+    console.start(accepted)
+    console.say("s2d: a line before ray.init")
+    console.attach()  # init_ray, once the locations are accepted
+    logging.getLogger("vllm.after").warning("a line after")
+    console.stop()
+    text = accepted.read_text()
+    assert "a line before ray.init" in text and "a line after" in text
