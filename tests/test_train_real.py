@@ -104,6 +104,8 @@ def test_lora_zero3_killed_worker_resumes_and_export_loads_in_vllm(tmp_path):
     log, _ = proc.communicate(timeout=900)
     (tmp_path / "train.log").write_text(log)
     assert proc.returncode == 0, log[-3000:]
+    # rank 0's "resumed from checkpoint" line is in the run's log file (s2d_ray.console), not on the terminal
+    log += "".join(f.read_text(errors="replace") for f in (tmp_path / "logs").glob("train-*.log"))
     resumed = [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", log)]
     assert resumed and resumed[0] >= 1, log[-3000:]
     info = json.loads((tmp_path / "model" / "s2d_train.json").read_text())

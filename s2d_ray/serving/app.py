@@ -36,7 +36,13 @@ class S2DServer:
         from s2d_ray.engine import Engine, on_cpu
 
         s = ServeSettings(**settings)
-        engine = Engine(s.model_dir, s.engine, s.adapters)
+        from vllm.config import StructuredOutputsConfig
+
+        # Compact JSON for response_format (a small model otherwise spends its tokens on blank
+        # lines, allowed by the grammar): vLLM reads disable_any_whitespace from the engine's
+        # config only (a request's own flag is ignored), and only for xgrammar/guidance.
+        engine = Engine(s.model_dir, s.engine, s.adapters,
+                        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
         recipes = {name: r for name, path in [(None, engine.path), *engine.adapter_paths.items()]
                    if (r := read_recipe(path)) is not None}  # each model's trained prompt (s2d_ray.recipe)
         self.server = OpenAIServer(s, engine, seeded_engine=on_cpu(), recipes=recipes)

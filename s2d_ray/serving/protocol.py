@@ -166,10 +166,8 @@ class _Request(BaseModel):
             return StructuredOutputsParams(choice=list(labels))
         if self.structured_outputs is not None:
             return self.structured_outputs.params()
-        params = _V.structured_outputs_from_response_format(None, self.response_format)
-        if params is not None:  # compact JSON: a small model would otherwise spend its tokens on blank lines
-            params.disable_any_whitespace = True
-        return params
+        # compact JSON: the serving engine's config (vLLM ignores a request's disable_any_whitespace)
+        return _V.structured_outputs_from_response_format(None, self.response_format)
 
     def sampling_params(self, max_tokens: int, *, seeded_engine: bool, delta: bool = False, logprobs: int | None = None,
                         prompt_logprobs: int | None = None, greedy: bool = False, constraint: Any = None):
