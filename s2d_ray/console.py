@@ -170,6 +170,15 @@ def route_worker_logs() -> None:
     quiet_libraries()
 
 
+def _disconnect_ray() -> None:
+    """Leave Ray before its printer is put back: actors tearing down after the command's last
+    stage (an engine's shutdown lines) would otherwise print to the terminal at exit."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _is_loud(state: _Console, pid: Any, line: str) -> bool:
     """A worker's line the terminal shows: a warning or error (a level word that is not an INFO
     record's text), and a traceback from its first line to its exception line."""
@@ -251,5 +260,6 @@ def stop(keep: bool = True) -> None:
                     logger.removeHandler(h)
         logging.captureWarnings(False)
         if state.restore is not None:
+            _disconnect_ray()
             state.restore()
         state.file.close()

@@ -69,6 +69,8 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     text = log.read_text()
     assert "INFO" in text and "Loading weights took" in text and "[s2d train] step" in text and "Traceback" not in text
     assert "Loading weights took" not in first.stdout + first.stderr  # vLLM's INFO lines stay in the file
+    # ... also the engines' shutdown lines, printed while the last stage's actors tear down
+    assert not re.search(r"^\(.*pid=\d+\).* INFO ", first.stdout + first.stderr, re.M), first.stdout[-3000:]
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
