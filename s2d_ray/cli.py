@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def headline(e: BaseException) -> str:
+    """An error's message on one line: its first line, and the next where the first only
+    introduces it (Ray Train's "Training failed due to controller error:" then the cause, e.g.
+    workers killed for memory)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -156,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for users; S2D_DEBUG=1 for the traceback
         if os.environ.get("S2D_DEBUG"):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"s2d: {args.command} failed: {type(e).__name__}: {first} (S2D_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"s2d: {args.command} failed: {type(e).__name__}: {headline(e)} (S2D_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("s2d: interrupted; finished work is kept, run the same command again to resume", file=sys.stderr)

@@ -139,3 +139,16 @@ def test_the_log_file_is_held_until_the_run_is_under_way_and_dropped_for_a_refus
     console.stop()
     text = accepted.read_text()
     assert "a line before ray.init" in text and "a line after" in text
+
+
+def test_a_failure_line_carries_the_cause_its_first_line_introduces():
+    """`s2d: train failed: ...` on one line: Ray Train's ControllerError opens with an
+    introduction ("...controller error:") and gives the cause (workers killed for memory) next."""
+    from s2d_ray.cli import headline
+
+    oom = RuntimeError("Training failed due to controller error:\n5 worker(s) were killed due to the node running low "
+                       "on memory. Memory on the node was 22.82GB used / 23.54GB limit\nTraceback ...")
+    assert headline(oom) == ("Training failed due to controller error: 5 worker(s) were killed due to the node running "
+                             "low on memory. Memory on the node was 22.82GB used / 23.54GB limit")
+    assert headline(ValueError("bad value\n  detail")) == "bad value"
+    assert headline(KeyError()) == ""
