@@ -86,6 +86,26 @@ def test_paired_delta_binary_and_graded():
     assert graded["delta"] == pytest.approx(0.125) and graded["n"] == 2
 
 
+def test_broader_table_shows_what_a_multiple_choice_score_is_made_of():
+    """A model that picks one choice on every document scores that choice's share of the gold
+    answers: the table gives the best constant choice beside it, and a warning names it."""
+    from s2d_ray.evaluation.harness import _choice_shape
+    from s2d_ray.evaluation.report import format_harness
+
+    base = {str(i): [0, i % 2] for i in range(50)}  # [chosen, gold]: always choice 0, gold alternates
+    distilled = {str(i): [i % 2, i % 2] for i in range(50)}  # right every time
+    shape = _choice_shape(base, distilled)
+    assert shape == {"constant_choice": {"choice": 0, "score": 0.5},
+                     "top_pick": {"base": {"choice": 0, "share": 1.0}, "distilled": {"choice": 0, "share": 0.5}}}
+    scores = [{k: float(c == g) for k, (c, g) in m.items()} for m in (base, distilled)]
+    row = {"metric": "acc", **_paired(*scores, seed=0), **shape}
+    text = "\n".join(format_harness({"bigbench:x": row}, {"lm_eval": "0.4.13", "num_fewshot": 0}))
+    assert "| 50.0% | 100.0% | +50.0 pts |" in text and "| 50 | 50.0% (choice 0) | 100% choice 0 / 50% choice 0 |" in text
+    assert "warning: bigbench:x: the base model picks choice 0 on 100% of documents" in text
+    assert "distilled model picks" not in text
+    assert _choice_shape({}, {}) == {}  # a generation task: no choices
+
+
 @pytest.mark.slow
 def test_engine_lm_log_likelihoods_match_transformers(loop, small_engine):
     """lm-eval's requests through the project's engine give the log-likelihoods transformers
@@ -147,6 +167,10 @@ def test_s2d_broader_pairs_base_and_distilled_per_document(tmp_path):
     assert capitals["base"] >= 5 / 6  # SmolLM2 knows these capitals over "Banana" and "Seven"
     per_doc = [json.loads((out / "broader" / f"{m}.json").read_text())["tasks"] for m in ("base", "distilled")]
     assert per_doc[0]["bigbench:geo/capitals"]["docs"] == per_doc[1]["bigbench:geo/capitals"]["docs"]
+    picks = per_doc[0]["bigbench:geo/capitals"]["picks"]  # each document's [chosen, gold] is what acc scored
+    assert picks.keys() == per_doc[0]["bigbench:geo/capitals"]["docs"].keys()
+    assert all(per_doc[0]["bigbench:geo/capitals"]["docs"][d] == float(c == g) for d, (c, g) in picks.items())
+    assert capitals["top_pick"]["base"] == capitals["top_pick"]["distilled"] and 0 < capitals["constant_choice"]["score"] <= 1
     assert "| bigbench:geo/capitals | acc |" in (out / "broader" / "report.md").read_text()
     assert (out / "broader" / "report.png").read_bytes()[:4] == b"\x89PNG"
     again = subprocess.run([str(Path(sys.executable).parent / "s2d"), "broader", str(config)],

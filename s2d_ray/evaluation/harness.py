@@ -37,6 +37,7 @@ from s2d_ray.models import cache_dir
 BIGBENCH = ("bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 PREFIX = "bigbench:"
 SDIST_ENV = "S2D_BIGBENCH_SDIST"  # path of a bigbench sdist to read instead of the cached download
+RESULTS_VERSION = 2  # what a model's broader/<which>.json holds (2: each document's chosen choice too)
 CONCURRENT_REQUESTS = 256  # log-likelihood requests in flight on one engine (its batch fills from them)
 
 
@@ -235,8 +236,38 @@ def evaluate_model(model: str, cfg: dict[str, Any], broader: dict[str, Any], see
         samples = [x for x in samples if x["filter"] == samples[0]["filter"]]  # e.g. gsm8k: its first filter's
         metric = next(m for m in ("acc", "exact_match", *samples[0].get("metrics", [])) if m in samples[0])
         docs = {str(s["doc_id"]): float(s[metric]) for s in samples}
-        out[task] = {"metric": metric, "score": sum(docs.values()) / len(docs), "docs": docs}
+        out[task] = {"metric": metric, "score": sum(docs.values()) / len(docs), "docs": docs, "picks": _picks(samples)}
     return out
+
+
+def _picks(samples: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Multiple-choice documents' ``[chosen choice, gold choice]`` (the choice ``acc`` scores:
+    the highest log-likelihood); empty for other output types."""
+    picks = {}
+    for s in samples:
+        resps, gold = s.get("filtered_resps") or [], s.get("target")
+        if isinstance(gold, int) and resps and all(isinstance(r, (list, tuple)) for r in resps):
+            lls = [float(r[0]) for r in resps]
+            picks[str(s["doc_id"])] = [lls.index(max(lls)), gold]
+    return picks
+
+
+def _choice_shape(base: dict[str, list[int]], distilled: dict[str, list[int]]) -> dict[str, Any]:
+    """What a multiple-choice score is made of: the best constant choice's score (from the gold
+    choices alone) and each model's most frequent choice with its share; {} for other tasks."""
+    from collections import Counter
+
+    ids = sorted(set(base) & set(distilled))
+    if not ids:
+        return {}
+
+    def top(picks: dict[str, list[int]], at: int) -> dict[str, Any]:
+        choice, n = Counter(picks[i][at] for i in ids).most_common(1)[0]
+        return {"choice": choice, "share": n / len(ids)}
+
+    gold = top(base, 1)
+    return {"constant_choice": {"choice": gold["choice"], "score": gold["share"]},
+            "top_pick": {"base": top(base, 0), "distilled": top(distilled, 0)}}
 
 
 # -- the job -----------------------------------------------------------------------------------------
@@ -275,7 +306,8 @@ def broader(cfg: RunConfig) -> dict[str, Any]:
     b = cfg.eval.broader or BroaderConfig()
     import lm_eval
 
-    settings = {**content(b), "seed": cfg.data.seed, "lm_eval": lm_eval.__version__, "bigbench": BIGBENCH[1]}
+    settings = {**content(b), "seed": cfg.data.seed, "lm_eval": lm_eval.__version__, "bigbench": BIGBENCH[1],
+                "results": RESULTS_VERSION}
     models = {"base": (cfg.model, cfg.model), "distilled": (out.uri("model"), out.read_json("model", "s2d_train.json")["config_hash"])}
     init_ray(cfg.locations("output_dir", "model"))
     actors = cfg.sample.actors
@@ -290,7 +322,8 @@ def broader(cfg: RunConfig) -> dict[str, Any]:
         results[which] = ray.get(run.remote(model, cfg.sample.engine.model_dump(), b.model_dump(), cfg.data.seed))
         out.write_text(json.dumps({"key": key, "model": model, "settings": settings, "tasks": results[which]}), "broader", f"{which}.json")
     table = {task: {"metric": results["base"][task]["metric"],
-                    **_paired(results["base"][task]["docs"], results["distilled"][task]["docs"], cfg.data.seed)}
+                    **_paired(results["base"][task]["docs"], results["distilled"][task]["docs"], cfg.data.seed),
+                    **_choice_shape(results["base"][task]["picks"], results["distilled"][task]["picks"])}
              for task in b.tasks}
     summary = {"model": cfg.model, "distilled": out.uri("model"), "settings": settings, "tasks": table}
     out.write_text(json.dumps(summary, indent=2), "broader", "report.json")

@@ -7,6 +7,7 @@ import json
 import textwrap
 from typing import Any
 
+from s2d_ray.evaluation.metrics import CONSTANT_SHARE
 from s2d_ray.outputs import OutputDir
 
 LABELS = {"system1": "System 1 (base)", "system2": "System 2 (base)", "distilled": "Distilled System 1"}
@@ -125,11 +126,26 @@ def format_harness(tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -
     same documents, the paired delta and its interval."""
     lines = [f"### Broader performance on standard benchmarks (lm-evaluation-harness {settings['lm_eval']}, "
              f"{settings['num_fewshot']}-shot, base vs distilled on the same documents)", "",
-             "| task | metric | base | distilled | delta | 95% CI of delta | n |", "|---|---|---|---|---|---|---|"]
+             "| task | metric | base | distilled | delta | 95% CI of delta | n | best constant choice | most frequent choice, base / distilled |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    warnings = []
     for task, t in tasks.items():
+        const, top = t.get("constant_choice"), t.get("top_pick")
+        shape = (f" {_pct(const['score'])} (choice {const['choice']}) | {_share(top['base'])} / {_share(top['distilled'])} |"
+                 if const else " - | - |")
         lines.append(f"| {task} | {t['metric']} | {_pct(t['base'])} | {_pct(t['distilled'])} | {100 * t['delta']:+.1f} pts | "
-                     f"[{100 * t['delta_ci95'][0]:+.1f}, {100 * t['delta_ci95'][1]:+.1f}] | {t['n']} |")
+                     f"[{100 * t['delta_ci95'][0]:+.1f}, {100 * t['delta_ci95'][1]:+.1f}] | {t['n']} |{shape}")
+        for which in ("base", "distilled") if top else ():
+            if top[which]["share"] > CONSTANT_SHARE:
+                warnings.append(f"- warning: {task}: the {which} model picks choice {top[which]['choice']} on "
+                                f"{100 * top[which]['share']:.0f}% of documents; its score is mostly that choice's share of the gold answers")
+    if warnings:
+        lines += ["", *warnings]
     return [*lines, ""]
+
+
+def _share(pick: dict[str, Any]) -> str:
+    return f"{100 * pick['share']:.0f}% choice {pick['choice']}"
 
 
 def _delta_bars(ax: Any, y: list[Any], rows: list[dict[str, Any]]) -> None:
