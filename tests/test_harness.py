@@ -101,7 +101,7 @@ def test_broader_table_shows_what_a_multiple_choice_score_is_made_of():
     row = {"metric": "acc", **_paired(*scores, seed=0), **shape}
     text = "\n".join(format_harness({"bigbench:x": row}, {"lm_eval": "0.4.13", "num_fewshot": 0}))
     assert "| 50.0% | 100.0% | +50.0 pts |" in text and "| 50 | 50.0% (choice 0) | 100% choice 0 / 50% choice 0 |" in text
-    assert "warning: bigbench:x: the base model picks choice 0 on 100% of documents" in text
+    assert "warning: bigbench:x: the base model picks choice 0 on 100% of documents; a score there" in text
     assert "distilled model picks" not in text
     assert _choice_shape({}, {}) == {}  # a generation task: no choices
 

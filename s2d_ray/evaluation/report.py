@@ -135,10 +135,9 @@ def format_harness(tasks: dict[str, dict[str, Any]], settings: dict[str, Any]) -
                  if const else " - | - |")
         lines.append(f"| {task} | {t['metric']} | {_pct(t['base'])} | {_pct(t['distilled'])} | {100 * t['delta']:+.1f} pts | "
                      f"[{100 * t['delta_ci95'][0]:+.1f}, {100 * t['delta_ci95'][1]:+.1f}] | {t['n']} |{shape}")
-        for which in ("base", "distilled") if top else ():
-            if top[which]["share"] > CONSTANT_SHARE:
-                warnings.append(f"- warning: {task}: the {which} model picks choice {top[which]['choice']} on "
-                                f"{100 * top[which]['share']:.0f}% of documents; its score is mostly that choice's share of the gold answers")
+        if flat := [f"the {which} model picks choice {top[which]['choice']} on {100 * top[which]['share']:.0f}% of documents"
+                    for which in ("base", "distilled") if top and top[which]["share"] > CONSTANT_SHARE]:
+            warnings.append(f"- warning: {task}: {', '.join(flat)}; a score there is mostly that choice's share of the gold answers")
     if warnings:
         lines += ["", *warnings]
     return [*lines, ""]
