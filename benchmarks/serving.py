@@ -114,17 +114,15 @@ async def in_process(model: str, model_name: str) -> dict[str, list[float]]:
     """Seconds per request at the in-process hops (async..http), ROUNDS rounds of one request per
     hop (order rotated), over one engine."""
     import uvicorn
-    from vllm.config import StructuredOutputsConfig
 
-    from s2d_ray.config import EngineConfig
-    from s2d_ray.engine import Engine, on_cpu, sampling_params
-    from s2d_ray.serving.api import OpenAIServer, build_api
+    from s2d_ray.engine import sampling_params
+    from s2d_ray.serving.api import build_api
+    from s2d_ray.serving.app import replica_server
     from s2d_ray.serving.protocol import ChatRequest
     from s2d_ray.serving.settings import ServeSettings
 
-    engine = Engine(model, EngineConfig(),  # as the replica builds it (serving/app.py)
-                    structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
-    server = OpenAIServer(ServeSettings(model_dir=model, model_name=model_name), engine, seeded_engine=on_cpu())
+    server = replica_server(ServeSettings(model_dir=model, model_name=model_name))  # as a replica builds it
+    engine = server.engine
     http = uvicorn.Server(uvicorn.Config(build_api(server), host="127.0.0.1", port=PORT + 1, log_level="warning"))
     serving = asyncio.create_task(http.serve())
     while not http.started:

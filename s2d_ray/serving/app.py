@@ -24,7 +24,7 @@ from s2d_ray.runtime import require_shared, engine_actor_options
 from s2d_ray.serving.api import OpenAIServer, build_api
 from s2d_ray.serving.settings import ServeSettings
 
-__all__ = ["S2DServer", "ServeSettings", "build_app", "load_settings", "serve_forever"]
+__all__ = ["S2DServer", "ServeSettings", "build_app", "load_settings", "replica_server", "serve_forever"]
 
 
 @serve.deployment(name="S2DServer")
@@ -33,23 +33,28 @@ class S2DServer:
     """One replica: the engine (model and adapters resolved on this node) behind the API."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        from s2d_ray.engine import Engine, on_cpu
-
-        s = ServeSettings(**settings)
-        from vllm.config import StructuredOutputsConfig
-
-        # Compact JSON for response_format (a small model otherwise spends its tokens on blank
-        # lines, allowed by the grammar): vLLM reads disable_any_whitespace from the engine's
-        # config only (a request's own flag is ignored), and only for xgrammar/guidance.
-        engine = Engine(s.model_dir, s.engine, s.adapters,
-                        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
-        recipes = {name: r for name, path in [(None, engine.path), *engine.adapter_paths.items()]
-                   if (r := read_recipe(path)) is not None}  # each model's trained prompt (s2d_ray.recipe)
-        self.server = OpenAIServer(s, engine, seeded_engine=on_cpu(), recipes=recipes)
+        self.server = replica_server(ServeSettings(**settings))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve builds the replica's app after the constructor, around its engine."""
         return build_api(self.server)
+
+
+def replica_server(s: ServeSettings) -> OpenAIServer:
+    """What a replica serves: its engine (model and adapters resolved on this node) and each
+    model's prompt recipe, behind the API's logic (benchmarks/serving.py times it in-process)."""
+    from vllm.config import StructuredOutputsConfig
+
+    from s2d_ray.engine import Engine, on_cpu
+
+    # Compact JSON for response_format (a small model otherwise spends its tokens on blank
+    # lines, allowed by the grammar): vLLM reads disable_any_whitespace from the engine's
+    # config only (a request's own flag is ignored), and only for xgrammar/guidance.
+    engine = Engine(s.model_dir, s.engine, s.adapters,
+                    structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
+    recipes = {name: r for name, path in [(None, engine.path), *engine.adapter_paths.items()]
+               if (r := read_recipe(path)) is not None}  # each model's trained prompt (s2d_ray.recipe)
+    return OpenAIServer(s, engine, seeded_engine=on_cpu(), recipes=recipes)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
