@@ -14,7 +14,7 @@ import pytest
 
 from s2d_ray.errors import S2DError
 from s2d_ray.tasks import TASKS, get_task
-from s2d_ray.tasks.biased_qa import PHRASINGS, TRAIN_PHRASINGS, VARIANTS, BiasedQA, load_facts
+from s2d_ray.tasks.biased_qa import PHRASINGS, TRAIN_PHRASINGS, VARIANTS, BiasedQA, load_facts, robust_forms
 from s2d_ray.tasks.pairwise import CONFIDENT, STYLES, Pairwise
 from s2d_ray.tasks.synthetic import FIRST_NAMES, LAST_NAMES, CoinFlip, LastLetter
 from s2d_ray.tasks.word_problems import TEMPLATES, WordProblems
@@ -158,6 +158,45 @@ def test_biased_qa_phrasings_split_train_and_test():
         task.generate(5, seed=0, split="train", phrasings="all")
     with pytest.raises(S2DError, match="phrasings='some'"):
         task.generate(5, seed=0, split="test", phrasings="some")
+
+
+def _fixed_words(form: str) -> list[str]:
+    """A form's own wording: its text between placeholders, in pieces of 3+ words."""
+    pieces = [p.strip(" .,:?") for p in re.split(r"\{\w+\}", form)]
+    return [p for p in pieces if len(p.split()) >= 3]
+
+
+def test_biased_qa_robustness_forms_are_used_nowhere_else():
+    """phrasings=robust: every test fact asked in >= 3 question forms and, when biased, >= 3
+    opinion forms per variant, from robust_forms.csv; no form's wording appears in the train or
+    test phrasings or in any row the generator makes otherwise; robust rows keep the fact's
+    numbers and opinion, have their own ids, and exist for the test split alone."""
+    forms = robust_forms()
+    assert len(forms[("question", "arithmetic")]) >= 3 and len(forms[("question", "other")]) >= 3
+    assert all(len(forms[("opinion", v)]) >= 3 for v in ("suggest_wrong", "doubt_correct"))
+    counts, _ = _all_split_counts_biased_qa()
+    task = BiasedQA()
+    ordinary = [r["input"] for split in ("train", "test") for r in task.generate(counts[split], seed=0, split=split)]
+    ordinary += [p for ps in PHRASINGS.values() for p in ps]
+    for form in (f for fs in forms.values() for f in fs):
+        for words in _fixed_words(form):
+            assert not any(words in text for text in ordinary), (form, words)
+    robust = task.generate(counts["test"], seed=0, split="test", phrasings="robust")
+    test_ids = {r["id"] for r in task.generate(counts["test"], seed=0, split="test")}
+    assert {r["phrasing_split"] for r in robust} == {"robust"} and not test_ids & {r["id"] for r in robust}
+    assert {r["id"].removesuffix("-robust") for r in robust} == test_ids  # the test facts and variants, all of them
+    arithmetic = [r for r in robust if r["category"] == "arithmetic"]
+    assert len({r["question_form"] for r in arithmetic}) == len(forms[("question", "arithmetic")])
+    assert len({r["phrasing"] for r in robust if r["variant"] == "doubt_correct"}) == len(forms[("opinion", "doubt_correct")])
+    for r in arithmetic:
+        a, b = r["fact_id"].removeprefix("arithmetic-").split("-plus-")
+        assert a in r["input"] and b in r["input"] and f"What is {a} + {b}?" not in r["input"], r
+    for r in robust:
+        opinion = {"suggest_wrong": r["wrong"], "doubt_correct": r["answer"]}.get(r["variant"])
+        assert opinion is None or opinion in r["input"], r  # the opinion is there, with its value
+    assert task.generate(20, seed=0, split="test", phrasings="robust") == robust[:20]  # a function of seed, fact, variant
+    with pytest.raises(S2DError, match="phrasings='robust' for the train split"):
+        task.generate(5, seed=0, split="train", phrasings="robust")
 
 
 def test_biased_qa_variant_selection():

@@ -8,6 +8,11 @@ not sure."). Each biased variant has eight phrasings of the opinion. Facts are s
 train and test, and so are phrasings: the train split uses the first five of each variant, the
 test split all eight, so a report grouped by ``phrasing_split`` shows accuracy on phrasings a
 distilled model never saw (``test``) next to those it trained on (``train``).
+
+``phrasings=robust`` (test split only) is a robustness check kept apart from all of that: the
+test facts asked in question forms and with opinion forms from ``robust_forms.csv``, which the
+generator uses for nothing else (no train or test phrasing, no training input has them); its
+rows have ``phrasing_split=robust`` and name their forms in ``question_form`` and ``phrasing``.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(PHRASINGS)
 TRAIN_PHRASINGS = 5  # the first five phrasings of a biased variant; the others appear in test alone
-PHRASING_SETS = ("seen", "unseen", "all")
+PHRASING_SETS = ("seen", "unseen", "all", "robust")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Fact:
     answer: str
     aliases: tuple[str, ...]
     wrong: str
+    operands: tuple[int, int] | None = None  # an arithmetic fact's a and b
 
     @property
     def golds(self) -> tuple[str, ...]:
@@ -76,7 +82,8 @@ def arithmetic_facts(k: int = ARITHMETIC_FACTS) -> tuple[Fact, ...]:
     while len(facts) < k:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         wrong = a + b + rng.choice((-11, -10, -2, -1, 1, 2, 10, 11))
-        facts.setdefault((a, b), Fact(f"arithmetic-{a}-plus-{b}", "arithmetic", f"What is {a} + {b}?", str(a + b), (), str(wrong)))
+        facts.setdefault((a, b), Fact(f"arithmetic-{a}-plus-{b}", "arithmetic", f"What is {a} + {b}?", str(a + b), (),
+                                      str(wrong), (a, b)))
     return tuple(facts.values())
 
 
@@ -97,6 +104,31 @@ def load_facts() -> tuple[Fact, ...]:
     ) + arithmetic_facts()
 
 
+@cache
+def robust_forms() -> dict[tuple[str, str], tuple[str, ...]]:
+    """(part, applies_to) -> forms of the robustness check: ``question`` forms for ``arithmetic``
+    facts ({a}, {b}) and for the ``other`` categories ({question}), ``opinion`` forms per biased
+    variant ({question} and {wrong} or {answer})."""
+    text = resources.files("s2d_ray.tasks").joinpath("robust_forms.csv").read_text(encoding="utf-8")
+    forms: dict[tuple[str, str], list[str]] = {}
+    for r in csv.DictReader(text.splitlines()):
+        forms.setdefault((r["part"], r["applies_to"]), []).append(r["form"])
+    return {k: tuple(v) for k, v in forms.items()}
+
+
+def _robust_input(fact: Fact, variant: str, rng: random.Random) -> tuple[str, str, str]:
+    """(input, question form, opinion form) of ``fact`` asked in the robustness check's forms."""
+    kind = "arithmetic" if fact.operands else "other"
+    q = rng.randrange(len(robust_forms()[("question", kind)]))
+    a, b = fact.operands or (None, None)
+    question = robust_forms()[("question", kind)][q].format(a=a, b=b, question=fact.question)
+    if variant == "unbiased":
+        return question, f"{kind}-{q}", f"{variant}-robust"
+    o = rng.randrange(len(robust_forms()[("opinion", variant)]))
+    text = robust_forms()[("opinion", variant)][o].format(question=question, wrong=fact.wrong, answer=fact.answer)
+    return text, f"{kind}-{q}", f"{variant}-robust-{o}"
+
+
 def _phrasing(variant: str, which: str, rng: random.Random) -> int:
     """Index of a phrasing of ``variant`` from the ``which`` set (the plain question has one)."""
     count = len(PHRASINGS[variant])
@@ -114,8 +146,8 @@ class BiasedQA(Task):
 
     def generate(self, n: int, seed: int, split: Split = "train", **params: Any) -> list[dict[str, Any]]:
         """Params: ``variants`` and ``categories`` (lists; default all), ``phrasings``: seen
-        (the train phrasings; the train split's only choice), unseen or all (the default of the
-        test and all splits)."""
+        (the train phrasings; the train split's only choice), unseen, all (the default of the
+        test and all splits) or robust (the robustness check's own question and opinion forms)."""
         variants = choose(params, "variants", list(VARIANTS), self.name)
         phrasings = params.get("phrasings") or ("seen" if split == "train" else "all")
         if phrasings not in PHRASING_SETS or (split == "train" and phrasings != "seen"):
@@ -128,18 +160,27 @@ class BiasedQA(Task):
         pool = [(f, v) for f in facts for v in variants]
         rows = []
         for fact, variant in pick(random.Random(seed), pool, n, self.name):
-            index = _phrasing(variant, phrasings, random.Random(f"{seed}-{fact.fact_id}-{variant}"))
+            rng = random.Random(f"{seed}-{fact.fact_id}-{variant}")
+            if phrasings == "robust":
+                text, question_form, phrasing = _robust_input(fact, variant, rng)
+                phrasing_split = "robust"
+            else:
+                index = _phrasing(variant, phrasings, rng)
+                text = PHRASINGS[variant][index].format(question=fact.question, wrong=fact.wrong, answer=fact.answer)
+                question_form, phrasing = "original", f"{variant}-{index}"
+                phrasing_split = "none" if variant == "unbiased" else "train" if index < TRAIN_PHRASINGS else "test"
             rows.append(
                 {
-                    "id": f"biased_qa-{fact.fact_id}-{variant}",
-                    "input": PHRASINGS[variant][index].format(question=fact.question, wrong=fact.wrong, answer=fact.answer),
+                    "id": f"biased_qa-{fact.fact_id}-{variant}" + ("-robust" if phrasings == "robust" else ""),
+                    "input": text,
                     "answer": fact.answer,
                     "aliases": "|".join(fact.aliases),
                     "wrong": fact.wrong,
                     "variant": variant,
                     "biased": "no" if variant == "unbiased" else "yes",
-                    "phrasing": f"{variant}-{index}",
-                    "phrasing_split": "none" if variant == "unbiased" else "train" if index < TRAIN_PHRASINGS else "test",
+                    "question_form": question_form,
+                    "phrasing": phrasing,
+                    "phrasing_split": phrasing_split,
                     "fact_id": fact.fact_id,
                     "category": fact.category,
                     "split": split_of(fact.fact_id),
