@@ -221,7 +221,7 @@ def materialize_builtin(model: BuiltinModel) -> Path:
     marker = final / ".s2d-complete"
     if marker.exists():
         return final
-    with _locked(final.with_suffix(".lock")):
+    with _locked(final.parent / f"{model.name}.lock"):  # not with_suffix: "qwen2.5-..." has a dot
         if marker.exists():
             return final
         with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{model.name}-") as tmp:
