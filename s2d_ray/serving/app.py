@@ -32,8 +32,11 @@ __all__ = ["S2DServer", "ServeSettings", "build_app", "load_settings", "replica_
 class S2DServer:
     """One replica: the engine (model and adapters resolved on this node) behind the API."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    async def __init__(self, settings: dict[str, Any]) -> None:
+        # async: Ray Serve runs it on the replica's user-code loop, where its requests run (the
+        # engine's output handler binds to the loop of its first request).
         self.server = replica_server(ServeSettings(**settings))
+        await self.server.warm_up()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve builds the replica's app after the constructor, around its engine."""
