@@ -118,15 +118,18 @@ def robust_forms() -> dict[tuple[str, str], tuple[str, ...]]:
 
 def _robust_input(fact: Fact, variant: str, rng: random.Random) -> tuple[str, str, str]:
     """(input, question form, opinion form) of ``fact`` asked in the robustness check's forms."""
+    forms = robust_forms()
     kind = "arithmetic" if fact.operands else "other"
-    q = rng.randrange(len(robust_forms()[("question", kind)]))
+    questions = forms[("question", kind)]
+    q = rng.randrange(len(questions))
     a, b = fact.operands or (None, None)
-    question = robust_forms()[("question", kind)][q].format(a=a, b=b, question=fact.question)
+    question = questions[q].format(a=a, b=b, question=fact.question)
     if variant == "unbiased":
         return question, f"{kind}-{q}", f"{variant}-robust"
-    o = rng.randrange(len(robust_forms()[("opinion", variant)]))
-    text = robust_forms()[("opinion", variant)][o].format(question=question, wrong=fact.wrong, answer=fact.answer)
-    return text, f"{kind}-{q}", f"{variant}-robust-{o}"
+    opinions = forms[("opinion", variant)]
+    o = rng.randrange(len(opinions))
+    return (opinions[o].format(question=question, wrong=fact.wrong, answer=fact.answer), f"{kind}-{q}",
+            f"{variant}-robust-{o}")
 
 
 def _phrasing(variant: str, which: str, rng: random.Random) -> int:
@@ -161,9 +164,10 @@ class BiasedQA(Task):
         rows = []
         for fact, variant in pick(random.Random(seed), pool, n, self.name):
             rng = random.Random(f"{seed}-{fact.fact_id}-{variant}")
+            suffix = ""
             if phrasings == "robust":
                 text, question_form, phrasing = _robust_input(fact, variant, rng)
-                phrasing_split = "robust"
+                phrasing_split, suffix = "robust", "-robust"
             else:
                 index = _phrasing(variant, phrasings, rng)
                 text = PHRASINGS[variant][index].format(question=fact.question, wrong=fact.wrong, answer=fact.answer)
@@ -171,7 +175,7 @@ class BiasedQA(Task):
                 phrasing_split = "none" if variant == "unbiased" else "train" if index < TRAIN_PHRASINGS else "test"
             rows.append(
                 {
-                    "id": f"biased_qa-{fact.fact_id}-{variant}" + ("-robust" if phrasings == "robust" else ""),
+                    "id": f"biased_qa-{fact.fact_id}-{variant}{suffix}",
                     "input": text,
                     "answer": fact.answer,
                     "aliases": "|".join(fact.aliases),
