@@ -27,7 +27,8 @@ class _Strict(BaseModel):
 PLACEMENT = {"placement": True}
 # Marks a field that shapes a later product of its section, not the section's own stage: it never
 # enters the section's hash, the product it shapes hashes it itself (sample.filter.balance: distill/'s
-# hash, so training follows it without re-sampling; eval.broader: the harness results' key).
+# hash, so training follows it without re-sampling; sample.paraphrase: paraphrases/' and distill/'s;
+# eval.broader: the harness results' key).
 OWN_HASH = {"own_hash": True}
 
 
@@ -114,6 +115,20 @@ class FilterConfig(_Strict):
         "changing it rebuilds distill/ (and retrains) without sampling again.")
 
 
+class ParaphraseConfig(_Strict):
+    """Paraphrased views: more phrasings of each kept input in the distillation set, same target."""
+
+    views: int = Field(
+        0, ge=0, le=16,
+        description="Rewordings the model writes of each kept input (0: off). The rewriting prompt sees the raw input "
+        "only, never its target; a rewording that changes the input's numbers, drops a capitalized name or copies it "
+        "is dropped (s2d_ray/programs/paraphrase.py states the rule); the rest join distill/ with the input's target "
+        "and `view_of` naming it. The consistency filter is unchanged: views only add rows for inputs it kept. Written "
+        "to paraphrases/ (resumable); changing it rebuilds distill/ (and retrains) without sampling again.")
+    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature of the rewording call.")
+    max_tokens: int = Field(128, ge=1, description="Maximum tokens of one rewording.")
+
+
 class SampleConfig(_Strict):
     """System 2 sampling and filtering (stage 1 and 2 of the paper)."""
 
@@ -131,6 +146,9 @@ class SampleConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
     max_tokens: int = Field(256, ge=1, description="Maximum generated tokens per program step.")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Which inputs are kept.")
+    paraphrase: ParaphraseConfig = Field(
+        default_factory=ParaphraseConfig, json_schema_extra=OWN_HASH,
+        description="Paraphrased views of the kept inputs added to distill/ (off by default).")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine.")
     actors: ActorPoolConfig = Field(default_factory=ActorPoolConfig, json_schema_extra=PLACEMENT, description="Engine actor pool.")
 

@@ -98,7 +98,7 @@ def files_digest(files: list[str]) -> str:
     return hashlib.sha256("\n".join(f.rsplit("/", 1)[-1] for f in sorted(files)).encode()).hexdigest()[:16]
 
 
-_DERIVED_COLUMNS = sorted({"status", "system1_input", "input", "answer", "meta", *DISTILL_COLUMNS, *REJECTED_COLUMNS})
+_DERIVED_COLUMNS = sorted({"status", "system1_input", "input", "answer", "meta", *DISTILL_COLUMNS[:-1], *REJECTED_COLUMNS})
 
 
 class DerivedSink(Datasink):
@@ -132,7 +132,8 @@ class DerivedSink(Datasink):
             kept = kept.filter(pa.array([not o for o in over]))
         name = f"part-{self.run_id}-{ctx.task_idx:06d}.parquet"
         if kept.num_rows:
-            distill = kept.select(["id", "system1_input", *DISTILL_COLUMNS[2:]]).rename_columns(DISTILL_COLUMNS)
+            distill = kept.select(["id", "system1_input", *DISTILL_COLUMNS[2:-1]]).rename_columns(DISTILL_COLUMNS[:-1])
+            distill = distill.append_column("view_of", pa.nulls(distill.num_rows, pa.string()))
             self.out.write_table(distill, "distill", name)
         if rejected.num_rows:
             self.out.write_table(rejected.select(REJECTED_COLUMNS), "rejected", name)
@@ -217,11 +218,13 @@ def write_derived(out: OutputDir, parent: str, task: "TaskSpec | None" = None, b
     its workers) unless their manifests already derive from exactly those files and settings.
     Returns the rows of samples/ per status, ``kept_correct``/``kept_with_answer`` and
     ``kept_labels`` with a task, ``capped`` with ``balance``. New files are complete, and named
-    in the manifests (what readers read), before old ones are deleted."""
+    in the manifests (what readers read), before old ones are deleted (a rebuilt distill/ has
+    no paraphrased views: ``write_views`` adds them). ``originals_hash`` is the hash of the
+    kept inputs' rows; distill/'s ``config_hash`` also covers its views when it has some."""
     files = out.files("samples")
     digest, config_hash = files_digest(files), derived_hash(parent, balance)
     manifests = [read_manifest(out, d) for d in ("distill", "rejected")]
-    if all(m and m.get("source_files") == digest and m.get("config_hash") == config_hash and "counts" in m for m in manifests):
+    if all(m and m.get("source_files") == digest and m.get("originals_hash") == config_hash and "counts" in m for m in manifests):
         return manifests[0]["counts"]
     caps, thresholds = _caps(out, files, balance) if balance and files and task is not None and task.answers.closed_set else ({}, {})
     before = {d: out.files(d) for d in ("distill", "rejected")}
@@ -242,8 +245,8 @@ def write_derived(out: OutputDir, parent: str, task: "TaskSpec | None" = None, b
     rows = {"distill": counts.get("kept", 0) - counts.get("capped", 0), "rejected": counts.get("rejected", 0)}
     for subdir in ("distill", "rejected"):
         new = run_files(out, subdir, run_id)
-        write_manifest(out, subdir, config_hash=config_hash, parent=parent, rows=rows[subdir], counts=counts,
-                       source_files=digest, files=[f.rsplit("/", 1)[-1] for f in new])
+        write_manifest(out, subdir, config_hash=config_hash, originals_hash=config_hash, parent=parent, rows=rows[subdir],
+                       counts=counts, source_files=digest, files=[f.rsplit("/", 1)[-1] for f in new])
         for old in set(before[subdir]) - set(new):
             out.fs.delete_file(old)
     return counts

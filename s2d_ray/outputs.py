@@ -41,7 +41,8 @@ RESULT_SCHEMA = pa.schema(
         ("samples", pa.list_(SAMPLE_STRUCT)),
     ]
 )
-DISTILL_COLUMNS = ["id", "input", "target", "method", "n_samples", "agreement", "model", "config_hash", "source"]
+# view_of: the id of the kept input a paraphrased view rewords (null for the kept inputs themselves)
+DISTILL_COLUMNS = ["id", "input", "target", "method", "n_samples", "agreement", "model", "config_hash", "source", "view_of"]
 REJECTED_COLUMNS = ["id", "input", "source", "reason", "method", "config_hash"]
 
 

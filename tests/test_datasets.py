@@ -93,7 +93,7 @@ def test_write_derived(tmp_path, local_ray):
     assert distill.column_names == DISTILL_COLUMNS
     assert distill.to_pylist() == [{
         "id": "0", "input": "q 0", "target": "t 0", "method": "rar", "n_samples": 2, "agreement": 1.0,
-        "model": "m", "config_hash": "h1", "source": "in.jsonl:0"}]
+        "model": "m", "config_hash": "h1", "source": "in.jsonl:0", "view_of": None}]
     rejected = read(out, "rejected", manifest_files(out, "rejected"))
     assert rejected.column_names == REJECTED_COLUMNS
     assert rejected.to_pylist() == [{

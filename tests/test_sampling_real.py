@@ -14,6 +14,7 @@ from s2d_ray.tasks import TaskSpec
 from s2d_ray.config import load_config
 from s2d_ray.programs import get_program
 from s2d_ray.programs.base import Call
+from s2d_ray.programs.paraphrase import check_rewrite, clean
 from s2d_ray.engine import Sampling
 from s2d_ray.programs.driver import run_program
 
@@ -110,6 +111,33 @@ def test_pipeline_bad_rows_filters_and_resume(tmp_path):
     again = sample(cfg)  # resume: nothing is sampled twice, no engine is started
     assert again["this_run"]["rows"] == 0 and again["this_run"]["samples"] == 0
     assert pq.read_table(out / "samples").num_rows == len(samples)
+
+    # paraphrased views on: the same samples (none re-sampled), each kept input reworded twice
+    # by the real engine, the accepted rewordings in distill/ with their input's target
+    views_cfg = load_config(ROOT / "configs" / "smoke.yaml", [*overrides, "sample.paraphrase.views=2"])
+    with_views = sample(views_cfg)
+    assert with_views["this_run"]["rows"] == 0 and with_views["kept"] == first["kept"]
+    kept = {r["id"]: r for r in samples if r["status"] == "kept"}
+    rewordings = pq.read_table(out / "paraphrases").to_pylist()
+    assert {r["id"] for r in rewordings} == set(kept) and all(len(r["samples"]) == 2 for r in rewordings)
+    accepted = {}
+    for r in rewordings:
+        assert r["input"] == kept[r["id"]]["input"] and r["target"] is None  # reworded from the raw input alone
+        for k, s in enumerate(r["samples"]):
+            reason = check_rewrite(r["input"], clean(s["text"]))
+            assert s["view"] == ("accepted" if reason is None else f"dropped: {reason}") and (s["answer"] is None) == bool(reason)
+            if s["answer"]:
+                accepted[f"{r['id']}~p{k}"] = s["answer"]
+    distill_rows = pq.read_table(out / "distill").to_pylist()
+    views = {d["id"]: d for d in distill_rows if d["view_of"]}
+    assert set(views) == set(accepted) and with_views["paraphrase"]["views"] == len(accepted)
+    targets = {d["id"]: d["target"] for d in distill_rows if not d["view_of"]}
+    for vid, d in views.items():
+        assert d["target"] == targets[d["view_of"]] and d["input"].startswith(accepted[vid])
+    print(f"paraphrased views: {len(accepted)} of {2 * len(kept)} accepted: {sorted(accepted.values())}")
+    assert sample(views_cfg)["paraphrase"]["this_run"]["rows"] == 0  # resumed: nothing reworded twice
+    assert "paraphrase" not in sample(cfg)  # off again: distill/ is its kept inputs only
+    assert pq.read_table(out / "distill").to_pylist() == [d for d in distill_rows if not d["view_of"]]
 
     changed = load_config(ROOT / "configs" / "smoke.yaml", [*overrides, "sample.n_samples=2"])
     from s2d_ray.errors import S2DError

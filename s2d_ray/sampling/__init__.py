@@ -12,11 +12,13 @@ from s2d_ray.evaluation.metrics import one_label_warning
 from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
 from s2d_ray.runtime import init_ray
+from s2d_ray.sampling.views import paraphrase, write_views
 from s2d_ray.stage import run_stage, sample_spec
 
 
 def sample(cfg: RunConfig) -> dict[str, Any]:
-    """Run sampling + filtering; write samples/, distill/, rejected/; return the summary."""
+    """Run sampling + filtering; write samples/, distill/, rejected/ (and paraphrases/ with
+    ``sample.paraphrase.views``); return the summary."""
     init_ray(cfg.locations("output_dir", "data.train", "model"))
     out = OutputDir(cfg.output_dir)
     spec = sample_spec(cfg)
@@ -24,6 +26,8 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
     stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples",
                       title=f"sample ({cfg.sample.method} x{cfg.sample.n_samples})")
     counts = write_derived(out, spec.config_hash, cfg.task_spec, cfg.sample.filter.balance)
+    rewording = paraphrase(cfg, out, spec.config_hash) if cfg.sample.paraphrase.views else None
+    views = write_views(cfg, out)
     total = sum(counts.get(s, 0) for s in ("kept", "dropped", "rejected"))
     n_kept, n_rejected = counts.get("kept", 0) - counts.get("capped", 0), counts.get("rejected", 0)
     valid = total - n_rejected
@@ -40,6 +44,9 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
         **({"capped": counts["capped"], "caps": counts.get("caps", {})} if counts.get("capped") else {}),
         "this_run": stats.as_dict(),
     }
+    if views is not None:
+        summary["paraphrase"] = {"views_per_input": cfg.sample.paraphrase.views, **views,
+                                 **({"this_run": rewording.as_dict()} if rewording else {})}
     if counts.get("kept_labels"):  # a closed answer set: what the distilled model will learn to say
         summary["kept_target_labels"] = dict(sorted(counts["kept_labels"].items(), key=lambda kv: -kv[1]))
     if counts.get("kept_with_answer"):  # ground truth of kept targets: for the report only, never for distillation
@@ -63,6 +70,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  drop/reject reasons: {run['reasons']}")
     if summary.get("capped"):
         lines.append(f"  sample.filter.balance left {summary['capped']} kept inputs out of distill/ (at most per label: {summary['caps']})")
+    if p := summary.get("paraphrase"):
+        outcomes = p["rewordings"]
+        asked = sum(outcomes.values())
+        lines.append(f"  paraphrased views: {p['views']} rows added to distill/ ({p['views_per_input']} rewordings asked per kept "
+                     f"input; {outcomes.get('accepted', 0)} of {asked} accepted"
+                     + (f"; dropped: {', '.join(f'{k} {v}' for k, v in outcomes.items() if k != 'accepted')}" if asked else "") + ")")
     if labels := summary.get("kept_target_labels"):
         lines.append(f"  kept targets per label: {labels}")
         if warning := one_label_warning("the distillation set's kept targets", labels):
