@@ -118,7 +118,8 @@ def test_pipeline_bad_rows_filters_and_resume(tmp_path):
     with_views = sample(views_cfg)
     assert with_views["this_run"]["rows"] == 0 and with_views["kept"] == first["kept"]
     kept = {r["id"]: r for r in samples if r["status"] == "kept"}
-    rewordings = pq.read_table(out / "paraphrases").to_pylist()
+    # (no kept input, no rewording stage: USC of SmolLM2 kept none of the 4 on a CPU run)
+    rewordings = pq.read_table(out / "paraphrases").to_pylist() if (out / "paraphrases").exists() else []
     assert {r["id"] for r in rewordings} == set(kept) and all(len(r["samples"]) == 2 for r in rewordings)
     accepted = {}
     for r in rewordings:
