@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
 
-from s2d_ray.outputs import (DISTILL_COLUMNS, REJECTED_COLUMNS, OutputDir, new_run_id, read_manifest, run_files,
+from s2d_ray.outputs import (KEPT_COLUMNS, REJECTED_COLUMNS, OutputDir, new_run_id, read_manifest, run_files,
                              write_manifest)
 from s2d_ray.runtime import LIGHT_CPUS, write_options
 
@@ -98,7 +98,7 @@ def files_digest(files: list[str]) -> str:
     return hashlib.sha256("\n".join(f.rsplit("/", 1)[-1] for f in sorted(files)).encode()).hexdigest()[:16]
 
 
-_DERIVED_COLUMNS = sorted({"status", "system1_input", "input", "answer", "meta", *DISTILL_COLUMNS[:-1], *REJECTED_COLUMNS})
+_DERIVED_COLUMNS = sorted({"status", "system1_input", "input", "answer", "meta", *KEPT_COLUMNS, *REJECTED_COLUMNS})
 
 
 class DerivedSink(Datasink):
@@ -132,7 +132,7 @@ class DerivedSink(Datasink):
             kept = kept.filter(pa.array([not o for o in over]))
         name = f"part-{self.run_id}-{ctx.task_idx:06d}.parquet"
         if kept.num_rows:
-            distill = kept.select(["id", "system1_input", *DISTILL_COLUMNS[2:-1]]).rename_columns(DISTILL_COLUMNS[:-1])
+            distill = kept.select(["id", "system1_input", *KEPT_COLUMNS[2:]]).rename_columns(KEPT_COLUMNS)
             distill = distill.append_column("view_of", pa.nulls(distill.num_rows, pa.string()))
             self.out.write_table(distill, "distill", name)
         if rejected.num_rows:

@@ -41,8 +41,10 @@ RESULT_SCHEMA = pa.schema(
         ("samples", pa.list_(SAMPLE_STRUCT)),
     ]
 )
-# view_of: the id of the kept input a paraphrased view rewords (null for the kept inputs themselves)
-DISTILL_COLUMNS = ["id", "input", "target", "method", "n_samples", "agreement", "model", "config_hash", "source", "view_of"]
+# A kept input's row in distill/; a paraphrased view's row adds view_of, the id of the kept input it
+# rewords (null for the kept inputs themselves).
+KEPT_COLUMNS = ["id", "input", "target", "method", "n_samples", "agreement", "model", "config_hash", "source"]
+DISTILL_COLUMNS = [*KEPT_COLUMNS, "view_of"]
 REJECTED_COLUMNS = ["id", "input", "source", "reason", "method", "config_hash"]
 
 

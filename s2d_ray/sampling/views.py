@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from s2d_ray.config import RunConfig, content
 from s2d_ray.datasets import ShardSink, files_digest, read_results
 from s2d_ray.inputs import INPUT_SCHEMA
-from s2d_ray.outputs import DISTILL_COLUMNS, RESULT_SCHEMA, OutputDir, new_run_id, read_manifest, run_files, write_manifest
+from s2d_ray.outputs import DISTILL_COLUMNS, KEPT_COLUMNS, RESULT_SCHEMA, OutputDir, new_run_id, read_manifest, run_files, write_manifest
 from s2d_ray.programs import program_fingerprint
 from s2d_ray.runtime import LIGHT_CPUS, write_options
 from s2d_ray.stage import StageSpec, StageStats, run_stage, sample_spec
@@ -145,7 +145,7 @@ def write_views(cfg: RunConfig, out: OutputDir) -> dict[str, Any] | None:
         accepted = read_results(out, pfiles, ["id", "meta", "samples"]).map_batches(
             _accepted, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
         kept = read_results(out, [out.path("distill", f) for f in originals],
-                            [c for c in DISTILL_COLUMNS if c not in ("input", "view_of")])
+                            [c for c in KEPT_COLUMNS if c != "input"])
         joined = accepted.join(kept, "inner", num_partitions=max(1, min(len(pfiles), 16)), on=("id",),
                                aggregator_ray_remote_args={"num_cpus": LIGHT_CPUS})
         rows = joined.map_batches(_view_rows, fn_kwargs={"spec": asdict(sample_spec(cfg))}, batch_format="pyarrow",
