@@ -48,7 +48,10 @@ class EngineConfig(_Strict):
     """vLLM engine settings (the same keys on CPU and GPU)."""
 
     max_model_len: int = Field(2048, ge=128, description="Context length of the engine, prompt + generation.")
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("bfloat16", description="Weights/activations dtype.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights/activations dtype. auto: on a CPU, bfloat16 where it computes bf16 natively (AVX512-BF16 "
+        "or AMX; non-x86) and float32 elsewhere (an AVX2-only CPU emulates bf16, ~4x slower in vLLM, measured); on a GPU, "
+        "vLLM's auto (the checkpoint's dtype). Resolved by each engine on its own node.")
     enforce_eager: bool | None = Field(
         None, json_schema_extra=PLACEMENT, description="Skip graph capture/compilation. Default: on for CPU (faster start and runs there), "
         "off for GPU (CUDA graphs speed up decoding).")
@@ -182,7 +185,10 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro steps per optimizer step.")
     max_length: int = Field(512, ge=16, description="Examples are truncated to this many tokens.")
     zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
-    precision: Literal["bf16", "fp32"] = Field("bf16", description="Training precision.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Training precision. auto: bf16 where the workers compute it natively (a GPU with bf16, a CPU "
+        "with AVX512-BF16 or AMX; rank 0 decides for all), fp32 elsewhere; a resumed run keeps its checkpoint's. "
+        "The model/ directory's s2d_train.json records the one used.")
     offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU.")
     offload_params: bool = Field(False, description="ZeRO-3 parameter offload to CPU.")
     num_workers: int = Field(2, ge=1, json_schema_extra=PLACEMENT, description="Ray Train workers (one DeepSpeed rank each).")

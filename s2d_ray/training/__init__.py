@@ -112,6 +112,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             "model": cfg.model,
             "finetune": tc.finetune,
             "zero_stage": tc.zero_stage,
+            "precision": state.get("precision"),  # as resolved by the workers (train.precision auto)
             "examples": n,
             "steps": state["step"],
             "first_loss": history[0]["loss"] if history else None,

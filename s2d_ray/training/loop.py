@@ -23,7 +23,10 @@ EXPORT_DIR = "export"
 
 
 def deepspeed_config(tc: TrainConfig, total_steps: int) -> dict[str, Any]:
-    """The DeepSpeed config for ``tc`` (ZeRO stage, precision, offload, AdamW + schedule)."""
+    """The DeepSpeed config for ``tc`` (ZeRO stage, precision, offload, AdamW + schedule);
+    ``tc.precision`` is resolved (train_precision) before this is called."""
+    if tc.precision not in ("bf16", "fp32"):
+        raise ValueError(f"deepspeed_config needs a resolved precision, got {tc.precision!r} (see train_precision)")
     warmup = max(1, int(tc.warmup_ratio * total_steps))
     schedulers = {
         "cosine": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps, "warmup_num_steps": warmup, "cos_min_ratio": 0.0}},
@@ -51,6 +54,23 @@ def deepspeed_config(tc: TrainConfig, total_steps: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def train_precision(requested: str, resumed: str | None = None) -> str:
+    """The precision this run trains in: a resumed run's checkpoint's; ``auto``: bf16 where rank 0
+    computes it natively (s2d_ray.engine.native_bf16), else fp32, broadcast so every rank agrees."""
+    if resumed:
+        return resumed
+    if requested != "auto":
+        return requested
+    import torch.distributed as dist
+
+    from s2d_ray.engine import native_bf16
+
+    choice = ["bf16" if native_bf16() else "fp32"]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 def steps_per_epoch(n_examples: int, world: int, tc: TrainConfig) -> int:
@@ -97,6 +117,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            with open(os.path.join(d, STATE_FILE)) as f:
+                state = json.load(f)
+        if state.get("final"):
+            return  # training finished; the latest checkpoint already holds the export
+    tc = tc.model_copy(update={"precision": train_precision(tc.precision, (state or {}).get("precision"))})
     torch.manual_seed(tc.seed)
     per_epoch = steps_per_epoch(config["n_examples"], world, tc)
     total_steps = per_epoch * tc.epochs
@@ -115,13 +144,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
     step, epoch, done_in_epoch, history = 0, 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            with open(os.path.join(d, STATE_FILE)) as f:
-                state = json.load(f)
-            if state.get("final"):
-                return  # training finished; the latest checkpoint already holds the export
             engine.load_checkpoint(d, load_module_strict=False)
         step, epoch, done_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         history = state["history"]
@@ -165,7 +189,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last_of_epoch = in_epoch >= per_epoch
             if last_of_epoch or (every and step % every == 0):
                 state = {"step": step, "epoch": epoch + int(last_of_epoch),
-                         "step_in_epoch": 0 if last_of_epoch else in_epoch, "history": history}
+                         "step_in_epoch": 0 if last_of_epoch else in_epoch, "history": history,
+                         "precision": tc.precision}
                 _report_checkpoint(engine, metrics, state)
             else:
                 ray.train.report(metrics)
@@ -215,7 +240,7 @@ def _export(engine, tc: TrainConfig, model_path: str, step: int, history: list[d
         if rank == 0:
             _save_hf(engine.module, state, tc, model_path, os.path.join(d, EXPORT_DIR))
             with open(os.path.join(d, STATE_FILE), "w") as f:
-                json.dump({"step": step, "final": True, "history": history}, f)
+                json.dump({"step": step, "final": True, "history": history, "precision": tc.precision}, f)
         ray.train.report({"step": step, "final": 1}, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
 
 
