@@ -25,7 +25,7 @@ def test_wilson_no_observations():
     assert wilson(0, 0) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("correct,n", [(0, 3), (1, 3), (7, 20), (99, 100), (50, 50)])
+@pytest.mark.parametrize("correct,n", [(0, 3), (1, 3), (7, 20), (99, 100), (50, 50), (60, 60), (0, 60)])
 def test_wilson_contains_proportion_and_stays_in_unit_interval(correct, n):
     lo, hi = wilson(correct, n)
     assert 0.0 <= lo <= correct / n <= hi <= 1.0

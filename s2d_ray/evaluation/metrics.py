@@ -15,7 +15,9 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At p = 0 (p = 1) the lower (upper) bound is exactly p; in floats it can land a hair inside
+    # (60 of 60: 0.9999999999999999), which put the proportion outside its own interval.
+    return (0.0 if correct == 0 else max(0.0, centre - half), 1.0 if correct == n else min(1.0, centre + half))
 
 
 def paired_bootstrap_delta(a: dict[str, bool], b: dict[str, bool], reps: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float], int]:
