@@ -96,7 +96,6 @@ def test_make_paper_configs_load_and_the_gpu_twins_match_them():
         assert "Probed on the TRAIN split" in (root / path).read_text() or path == "configs/demo.yaml"
 
 
-
 def test_the_1_5b_configs_load_on_one_train_worker_and_say_what_was_probed():
     """The opt-in 1.5B configs are valid, use the 1.5B built-in with one Ray Train worker (two ran
     out of 24 GiB at the LoRA merge), and their headers cite a train-split probe and a wall time."""
@@ -111,6 +110,7 @@ def test_the_1_5b_configs_load_on_one_train_worker_and_say_what_was_probed():
         assert cfg.model == "qwen2.5-coder-1.5b-instruct" and cfg.train.num_workers == 1, path.name
         assert cfg.output_dir == f"runs/paper-1.5b/{path.stem}", path.name
         assert "Probed on the TRAIN split" in header and "Wall time" in header, path.name
+
 
 def test_a_constant_answer_on_a_label_task_shows_in_the_table_with_balanced_accuracy():
     """The paper table cannot present one answer to every input as a score: balanced accuracy
