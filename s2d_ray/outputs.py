@@ -102,9 +102,14 @@ class OutputDir:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_text(*parts))
 
-    def remove(self, subdir: str) -> None:
-        if self.exists(subdir):
-            self.fs.delete_dir(self.path(subdir))
+    def remove(self, *parts: str) -> None:
+        """Delete the directory ``parts`` and all it holds (nothing if absent)."""
+        if self.exists(*parts):
+            self.fs.delete_dir(self.path(*parts))
+
+    def is_empty(self, *parts: str) -> bool:
+        """Whether the directory ``parts`` holds nothing (or is absent)."""
+        return not self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True))
 
 
 MANIFEST = "_manifest.json"  # "_": skipped by pyarrow, Spark and Ray when they read the directory

@@ -84,8 +84,9 @@ def test_job_on_two_node_cluster_writes_to_s3_and_serves_from_it(s3_server: S3Se
     finally:
         _ray("stop", "--force", env=env)
     keys = s3_server.keys(bucket, "run/")
-    for prefix in ("samples/", "distill/", "rejected/", "model/", "adapter/", "checkpoints/"):
+    for prefix in ("samples/", "distill/", "rejected/", "model/", "adapter/"):
         assert any(k.startswith(f"run/{prefix}") and not k.endswith("/") for k in keys), prefix
+    assert not [k for k in keys if k.startswith("run/checkpoints/")]  # Ray Train's, deleted once model/ is written
     for name in ("report.json", "report.md", "report.png", "model/config.json", "model/model.safetensors",
                  "adapter/adapter_config.json"):
         assert f"run/{name}" in keys, name

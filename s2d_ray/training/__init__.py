@@ -3,6 +3,10 @@
 ``train(cfg)`` is what `s2d train` runs: distill/ (the files its manifest names) -> Ray Data,
 shuffled -> TorchTrainer workers, each tokenizing its shard with the model's chat template
 (``loop.train_loop_per_worker``) -> model/ (+ adapter/).
+
+Ray Train keeps the run's latest checkpoint in ``checkpoints/train-<hash>/`` while it trains, so
+a stopped or crashed run resumes there; once ``model/`` is written they are deleted (the model,
+its adapter and ``s2d_train.json`` are what a finished run keeps).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                 name=f"train-{key}",
                 storage_path=out.uri("checkpoints"),
                 failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # registered only once written whole
             ),
             torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
             datasets={"train": ds},
@@ -129,6 +133,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         if tc.finetune == "lora":
             _copy_tree(os.path.join(export, "adapter"), out, "adapter")
         _copy_tree(os.path.join(export, "model"), out, "model")
+    out.remove("checkpoints", f"train-{key}")  # model/ holds the result; a rerun of this config skips
+    if out.is_empty("checkpoints"):  # other configs' unfinished runs stay, to resume
+        out.remove("checkpoints")
     return info
 
 
