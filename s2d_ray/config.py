@@ -27,8 +27,9 @@ class _Strict(BaseModel):
 PLACEMENT = {"placement": True}
 # Marks a field that shapes a later product of its section, not the section's own stage: it never
 # enters the section's hash, the product it shapes hashes it itself (sample.filter.balance: distill/'s
-# hash, so training follows it without re-sampling; sample.paraphrase: paraphrases/' and distill/'s;
-# eval.broader: the harness results' key).
+# hash, so training follows it without re-sampling; so do sample.filter.kind and min_agreement, but
+# usc, which asks the model while sampling, enters the sample stage's hash (stage.spec.sample_spec);
+# sample.paraphrase: paraphrases/' and distill/'s; eval.broader: the harness results' key).
 OWN_HASH = {"own_hash": True}
 
 
@@ -103,13 +104,16 @@ class FilterConfig(_Strict):
     """Self-consistency filter deciding which inputs enter the distillation set."""
 
     kind: Literal["majority", "usc", "perturbation", "none"] = Field(
-        "majority",
+        "majority", json_schema_extra=OWN_HASH,
         description="majority: majority vote of extracted answers; usc: the model reads the full responses and "
         "picks the most consistent one (free-form answers: its response is the target); perturbation: majority "
         "per input view (e.g. BSM with responses swapped) and the views must agree; none: no consistency check, "
-        "the first parseable sample is the target (the paper's no-filter baseline).",
+        "the first parseable sample is the target (the paper's no-filter baseline). All but usc decide from the "
+        "samples alone and are applied when distill/ is built: changing kind (but to or from usc) or min_agreement "
+        "rebuilds distill/ (and retrains) without sampling again.",
     )
-    min_agreement: float = Field(0.6, ge=0, le=1, description="Minimum fraction of samples agreeing with the kept answer.")
+    min_agreement: float = Field(0.6, ge=0, le=1, json_schema_extra=OWN_HASH,
+                                 description="Minimum fraction of samples agreeing with the kept answer.")
     balance: float | None = Field(
         None, gt=0, lt=1, json_schema_extra=OWN_HASH,
         description="Closed answer sets (label, choice, yes_no): the largest share of the distillation set any one "

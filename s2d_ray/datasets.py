@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from s2d_ray.outputs import (KEPT_COLUMNS, REJECTED_COLUMNS, OutputDir, new_run_
 from s2d_ray.runtime import LIGHT_CPUS, write_options
 
 if TYPE_CHECKING:
+    from s2d_ray.answers import AnswerSpec
     from s2d_ray.tasks.spec import TaskSpec
 
 
@@ -91,6 +93,55 @@ def read_results(out: OutputDir, files: list[str], columns: list[str] | None = N
 
     source = ResultFiles(out.fs, files, columns)
     return ray.data.read_datasource(source, num_cpus=LIGHT_CPUS, override_num_blocks=source.tasks)
+
+
+@dataclass(frozen=True)
+class Refilter:
+    """An engine-free ``sample.filter`` (programs.filters.ENGINE_FREE) applied to samples/ rows
+    when what derives from them is built: a sampled row (kept or dropped) gets this filter's
+    decision, so samples taken under one filter serve another (a rejected row stays rejected)."""
+
+    kind: str
+    min_agreement: float
+    answers: "AnswerSpec"
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}>={self.min_agreement}"
+
+
+DECISION_COLUMNS = ("status", "target", "agreement", "reason")
+
+
+def _refilter(batch: pa.Table, refilter: Refilter) -> pa.Table:
+    """Ray Data map_batches over samples/ rows: their decisions under ``refilter``."""
+    from s2d_ray.programs.base import Sample
+    from s2d_ray.programs.filters import decide
+
+    decided = {c: batch[c].to_pylist() for c in DECISION_COLUMNS}
+    for i, (status, samples, question) in enumerate(zip(decided["status"], batch["samples"].to_pylist(),
+                                                        batch["input"].to_pylist())):
+        if status not in ("kept", "dropped"):
+            continue
+        chains = [Sample(s["answer"], [s["text"]] if s["text"] else [], s["tokens"] or 0, s["view"] or "original")
+                  for s in samples or []]
+        d = decide(refilter.kind, chains, refilter.min_agreement, question, refilter.answers)
+        for c, v in zip(DECISION_COLUMNS, ("kept" if d.kept else "dropped", d.target, d.agreement, d.reason)):
+            decided[c][i] = v
+    for c, values in decided.items():
+        i = batch.schema.get_field_index(c)
+        batch = batch.set_column(i, c, pa.array(values, batch.schema.field(i).type))
+    return batch
+
+
+def read_samples(out: OutputDir, files: list[str], columns: list[str], refilter: Refilter | None = None):
+    """samples/ ``files`` as a Ray Dataset of (at least) ``columns``, decided by ``refilter``
+    (without one: as stored, the decision of the filter they were sampled with)."""
+    if refilter is None:
+        return read_results(out, files, columns)
+    need = sorted({*columns, *DECISION_COLUMNS, "samples", "input"})
+    return read_results(out, files, need).map_batches(_refilter, fn_kwargs={"refilter": refilter},
+                                                      batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
 
 def files_digest(files: list[str]) -> str:
@@ -193,13 +244,13 @@ def _rank_thresholds(caps: dict[str, int], *tables: pa.Table) -> dict[str, int]:
     return out
 
 
-def _caps(out: OutputDir, files: list[str], share: float) -> tuple[dict[str, int], dict[str, int]]:
+def _caps(out: OutputDir, files: list[str], share: float, refilter: Refilter | None) -> tuple[dict[str, int], dict[str, int]]:
     """(label -> most rows it keeps, label -> rank threshold) for ``sample.filter.balance``:
     the kept targets' labels counted by a Ray Data groupby, their ranks sorted by one task."""
     import ray
 
-    kept = read_results(out, files, ["status", "target", "id"]).map_batches(_label_ranks, batch_format="pyarrow",
-                                                                             num_cpus=LIGHT_CPUS).materialize()
+    kept = read_samples(out, files, ["status", "target", "id"], refilter).map_batches(
+        _label_ranks, batch_format="pyarrow", num_cpus=LIGHT_CPUS).materialize()
     counts = {r["target"]: r["count()"] for r in kept.groupby("target").count().take_all() if r["target"] is not None}
     caps = balance_caps(counts, share) if counts else {}
     if not caps:
@@ -208,30 +259,35 @@ def _caps(out: OutputDir, files: list[str], share: float) -> tuple[dict[str, int
     return caps, thresholds
 
 
-def derived_hash(parent: str, balance: float | None) -> str:
-    """distill/'s config hash: the samples' it is built from, and the cap on a label's share."""
-    return parent if balance is None else hashlib.sha256(f"{parent}|balance={balance}".encode()).hexdigest()[:12]
+def derived_hash(parent: str, balance: float | None, refilter: Refilter | None = None) -> str:
+    """distill/'s config hash: the samples' it is built from, the filter that decides (when it
+    is engine-free) and the cap on a label's share."""
+    if balance is None and refilter is None:
+        return parent
+    return hashlib.sha256(f"{parent}|balance={balance}|filter={refilter.key if refilter else None}".encode()).hexdigest()[:12]
 
 
-def write_derived(out: OutputDir, parent: str, task: "TaskSpec | None" = None, balance: float | None = None) -> dict[str, Any]:
+def write_derived(out: OutputDir, parent: str, task: "TaskSpec | None" = None, balance: float | None = None,
+                  refilter: Refilter | None = None) -> dict[str, Any]:
     """Rebuild distill/ and rejected/ from every file in samples/ (one Ray Data job, written by
-    its workers) unless their manifests already derive from exactly those files and settings.
+    its workers), decided by ``refilter`` (read_samples), unless their manifests already derive
+    from exactly those files and settings.
     Returns the rows of samples/ per status, ``kept_correct``/``kept_with_answer`` and
     ``kept_labels`` with a task, ``capped`` with ``balance``. New files are complete, and named
     in the manifests (what readers read), before old ones are deleted (a rebuilt distill/ has
     no paraphrased views: ``write_views`` adds them). ``originals_hash`` is the hash of the
     kept inputs' rows; distill/'s ``config_hash`` also covers its views when it has some."""
     files = out.files("samples")
-    digest, config_hash = files_digest(files), derived_hash(parent, balance)
+    digest, config_hash = files_digest(files), derived_hash(parent, balance, refilter)
     manifests = [read_manifest(out, d) for d in ("distill", "rejected")]
     if all(m and m.get("source_files") == digest and m.get("originals_hash") == config_hash and "counts" in m for m in manifests):
         return manifests[0]["counts"]
-    caps, thresholds = _caps(out, files, balance) if balance and files and task is not None and task.answers.closed_set else ({}, {})
+    caps, thresholds = _caps(out, files, balance, refilter) if balance and files and task is not None and task.answers.closed_set else ({}, {})
     before = {d: out.files(d) for d in ("distill", "rejected")}
     run_id = new_run_id()
     sink = DerivedSink(out, run_id, task, thresholds)
     if files:
-        read_results(out, files, _DERIVED_COLUMNS).write_datasink(sink, **write_options())
+        read_samples(out, files, _DERIVED_COLUMNS, refilter).write_datasink(sink, **write_options())
     counts: dict[str, Any] = {}
     for summary in sink.summaries:
         for k, v in summary.items():

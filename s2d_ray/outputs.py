@@ -27,7 +27,8 @@ RESULT_SCHEMA = pa.schema(
         ("answer", pa.string()),
         ("meta", pa.string()),
         ("source", pa.string()),
-        ("status", pa.string()),  # kept | dropped | rejected (and "answered" in evaluation)
+        ("status", pa.string()),  # kept | dropped | rejected (and "answered" in evaluation); with
+        # reason, target and agreement: the filter's decision as sampled (datasets.Refilter decides again)
         ("reason", pa.string()),
         ("target", pa.string()),
         ("agreement", pa.float64()),
@@ -86,14 +87,28 @@ class OutputDir:
         return final
 
     def write_text(self, text: str, *parts: str) -> str:
+        return self.write_bytes(text.encode("utf-8"), *parts)
+
+    def write_bytes(self, data: bytes, *parts: str) -> str:
+        """Write ``data`` at ``parts`` atomically (temp name, then rename)."""
         final = self.path(*parts)
         parent = final.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
         with self.fs.open_output_stream(tmp) as f:
-            f.write(text.encode("utf-8"))
+            f.write(data)
         self.fs.move(tmp, final)
         return final
+
+    def copy_from(self, src: "OutputDir", subdir: str) -> None:
+        """Copy ``src/subdir``'s files (not hidden ones) into ``subdir`` here, each atomically and
+        its manifest last, so a copy cut short reads as an unfinished stage, never a torn file."""
+        infos = src.fs.get_file_info(pafs.FileSelector(src.path(subdir), recursive=False))
+        names = sorted((i.base_name for i in infos if i.is_file and not i.base_name.startswith(".")),
+                       key=lambda n: n == MANIFEST)
+        for name in names:
+            with src.fs.open_input_stream(src.path(subdir, name)) as f:
+                self.write_bytes(f.read(), subdir, name)
 
     def read_text(self, *parts: str) -> str:
         with self.fs.open_input_stream(self.path(*parts)) as f:

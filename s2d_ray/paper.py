@@ -5,19 +5,23 @@ For each config: its own run (``s2d run``: System 1, System 2, distilled System 
 deltas, in the config's ``output_dir``), then the baselines as overrides of the same config, in
 ``<output_dir>-<baseline>``: "Distill System 1" (``sample.method=direct`` on the method's
 System 1 prompts, ``sample.system1_of``: the model's own answers, self-consistency filtered)
-and "no filter" (``sample.filter.kind=none``: the System 2 answers unfiltered). Baseline runs
-evaluate only their distilled model (``eval.base=false``). Every run resumes, so a stopped
-``make paper`` continues where it was.
+and "no filter" (``sample.filter.kind=none``: the System 2 answers unfiltered; it starts from a
+copy of the method's samples/, as an engine-free filter does not change what is sampled).
+Baseline runs evaluate only their distilled model (``eval.base=false``). Every run resumes, so a
+stopped ``make paper`` continues where it was.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s2d_ray import console
-from s2d_ray.outputs import OutputDir
+from s2d_ray.outputs import OutputDir, read_manifest
+
+if TYPE_CHECKING:
+    from s2d_ray.config import RunConfig
 
 BASELINES: dict[str, tuple[str, list[str]]] = {  # overrides; {method}: the config's sample.method
     "distill_system1": ("Distill System 1 (baseline)", ["sample.method=direct", "sample.system1_of={method}"]),
@@ -147,6 +151,20 @@ def plot(entries: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def share_samples(src: RunConfig, dst: RunConfig) -> bool:
+    """Copy ``src``'s finished samples/ into ``dst``'s output_dir when ``dst`` would sample
+    exactly those (the same sample stage hash) and has none yet; whether it did."""
+    from s2d_ray.stage import sample_spec
+
+    if sample_spec(src).config_hash != sample_spec(dst).config_hash:
+        return False
+    s, d = OutputDir(src.output_dir), OutputDir(dst.output_dir)
+    if not (read_manifest(s, "samples") or {}).get("complete") or d.exists("samples"):
+        return False
+    d.copy_from(s, "samples")
+    return True
+
+
 def paper(configs: list[str], out_dir: str, sets: list[str]) -> list[dict[str, Any]]:
     """Run every config and its baselines (resumable) and write ``out_dir``/table.{md,json,png}."""
     from s2d_ray.config import load_config
@@ -162,6 +180,8 @@ def paper(configs: list[str], out_dir: str, sets: list[str]) -> list[dict[str, A
             console.say(f"\n##### s2d paper: {path}, {label}")
             overrides = [o.format(method=cfg.sample.method) for o in overrides]
             base_cfg = load_config(path, [*sets, f"output_dir={cfg.output_dir}-{key}", *overrides, "eval.base=false"])
+            if share_samples(cfg, base_cfg):
+                console.say(f"s2d paper: {base_cfg.output_dir}/samples copied from {cfg.output_dir} (same samples, another filter)")
             baselines[key] = run(base_cfg)
         entries.append(_entry(Path(path).stem, report, baselines))
     out = OutputDir(out_dir)

@@ -360,6 +360,24 @@ def test_balance_needs_a_closed_answer_set_and_never_resamples(tmp_path):
     assert cfg.stage_hash("sample") == capped.stage_hash("sample")  # distill/ is rebuilt, samples are kept
 
 
+def test_engine_free_filters_never_resample_and_usc_does(base):
+    """majority, perturbation and none decide from stored samples (distill/ is rebuilt); usc asks
+    the model while sampling, so moving to or from it, or its min_agreement, is another sample stage."""
+    from s2d_ray.stage import refilter, sample_spec
+
+    def sample_hash(*overrides):
+        return sample_spec(load_config(base, list(overrides))).config_hash
+
+    free = {sample_hash(o) for o in ("sample.filter.kind=majority", "sample.filter.kind=none",
+                                     "sample.filter.kind=perturbation", "sample.filter.min_agreement=1.0")}
+    usc, usc_strict = sample_hash("sample.filter.kind=usc"), sample_hash("sample.filter.kind=usc", "sample.filter.min_agreement=1.0")
+    assert len(free) == 1 and len({*free, usc, usc_strict}) == 3
+    spec = sample_spec(load_config(base, ["sample.filter.kind=none", "sample.filter.min_agreement=0.9"]))
+    decide = refilter(spec)
+    assert (decide.kind, decide.min_agreement) == ("none", 0.9) and decide.answers == spec.program().answers
+    assert refilter(sample_spec(load_config(base, ["sample.filter.kind=usc"]))) is None
+
+
 def test_eval_broader_is_outside_the_eval_hash_and_defaults_to_the_bigbench_suite():
     from s2d_ray.config import BIGBENCH_SUITE
 

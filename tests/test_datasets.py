@@ -7,7 +7,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s2d_ray.datasets import ShardSink, write_derived
+from s2d_ray.answers import AnswerSpec
+from s2d_ray.datasets import Refilter, ShardSink, write_derived
 from s2d_ray.outputs import DISTILL_COLUMNS, REJECTED_COLUMNS, RESULT_SCHEMA, OutputDir, manifest_files, read_manifest
 from s2d_ray.tasks import get_task
 
@@ -115,6 +116,40 @@ def test_write_derived_rebuilds_from_all_files_and_drops_the_old_version(tmp_pat
     assert len(names(out, "distill")) == 1  # small files are read by one task: one file, not one per split
     assert sorted(read(out, "rejected")["id"].to_pylist()) == ["1", "11"]
     assert not set(first) & set(names(out, "distill"))
+
+
+def _chains(*answers):
+    return [{"view": "original", "text": f"... {a}", "answer": a, "tokens": 3} for a in answers]
+
+
+def test_write_derived_decides_again_by_an_engine_free_filter(tmp_path, local_ray):
+    """The same samples under another filter (what sample.filter.kind/min_agreement change without
+    sampling again): each sampled row gets that filter's decision, a rejected row stays rejected,
+    and distill/'s hash names the filter."""
+    out = OutputDir(str(tmp_path))
+    out.write_table(table(result_row("0", samples=_chains("4", "4", "5"), target="4", agreement=2 / 3),
+                          result_row("1", status="rejected", reason="duplicate id", samples=[]),
+                          result_row("2", status="dropped", reason="tie between answers", target=None, samples=_chains("4", "5")),
+                          result_row("3", status="dropped", reason="agreement 0.50 < 0.6", target="7",
+                                     samples=_chains(None, "7"))),
+                    "samples", "part-A-000000.parquet")
+    as_sampled = write_derived(out, "h1")
+    assert (as_sampled["kept"], as_sampled["dropped"], as_sampled["rejected"]) == (1, 2, 1)
+
+    strict = write_derived(out, "h1", refilter=Refilter("majority", 1.0, AnswerSpec()))
+    assert (strict.get("kept", 0), strict["dropped"], strict["rejected"]) == (0, 3, 1)
+    assert read_manifest(out, "distill")["rows"] == 0 and not manifest_files(out, "distill")
+    strict_hash = read_manifest(out, "distill")["config_hash"]
+
+    unfiltered = write_derived(out, "h1", refilter=Refilter("none", 0.6, AnswerSpec()))
+    assert (unfiltered["kept"], unfiltered.get("dropped", 0), unfiltered["rejected"]) == (3, 0, 1)
+    distill = {r["id"]: (r["target"], r["agreement"]) for r in read(out, "distill", manifest_files(out, "distill")).to_pylist()}
+    assert distill == {"0": ("4", 2 / 3), "2": ("4", 0.5), "3": ("7", 0.5)}  # the first parseable sample's answer
+    assert read(out, "rejected", manifest_files(out, "rejected"))["id"].to_pylist() == ["1"]
+    manifest = read_manifest(out, "distill")
+    assert manifest["parent"] == "h1" and len({manifest["config_hash"], strict_hash, "h1"}) == 3
+    assert write_derived(out, "h1", refilter=Refilter("none", 0.6, AnswerSpec())) == unfiltered  # unchanged: kept as is
+    assert read_manifest(out, "distill")["written"] == manifest["written"]
 
 
 def test_write_derived_skips_when_samples_are_unchanged(tmp_path, local_ray):

@@ -54,7 +54,10 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     distill = pq.read_table(out / "distill")
     assert distill.num_rows >= 2 and set(distill.column_names) >= {"id", "input", "target", "agreement", "model"}
+    samples = pq.read_table(out / "samples").to_pylist()
+    assert set(distill["id"].to_pylist()) == {r["id"] for r in samples if r["status"] == "kept"}  # as sampled
     assert (out / "model" / "config.json").exists() and (out / "adapter" / "adapter_config.json").exists()
+    assert not (out / "checkpoints").exists()  # Ray Train's, deleted once model/ is written
     assert "Distilled System 1" in first.stdout and "report" in first.stdout
     # What a user watches (s2d_ray.console, s2d_ray.progress): off a terminal, each stage's
     # progress as plain lines; the engines', Ray's and DeepSpeed's logs in the run's log file;
@@ -77,6 +80,17 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     assert "this run processed 0" in second.stdout
     assert "model/ is up to date" in second.stdout
     assert json.loads((out / "report.json").read_text())["systems"] == report["systems"]
+
+    # Another engine-free filter decides the same samples: distill/ is rebuilt, nothing sampled.
+    # No filter keeps every input with an answer, its first sample's (programs.filters.no_filter).
+    refiltered = subprocess.run([S2D, "sample", str(ROOT / "configs" / "smoke.yaml"), "--set", f"output_dir={out}",
+                                 "--set", "sample.filter.kind=none"], capture_output=True, text=True, timeout=900)
+    assert refiltered.returncode == 0, refiltered.stdout[-3000:] + refiltered.stderr[-3000:]
+    assert "this run processed 0" in refiltered.stdout
+    assert pq.read_table(out / "samples").to_pylist() == samples
+    answered = {r["id"]: next(x["answer"] for x in r["samples"] if x["answer"]) for r in samples
+                if r["status"] != "rejected" and any(x["answer"] for x in r["samples"])}
+    assert {d["id"]: d["target"] for d in pq.read_table(out / "distill").to_pylist()} == answered
 
     served_as_evaluated(out, tmp_path)
 

@@ -134,3 +134,29 @@ def test_a_constant_answer_on_a_label_task_shows_in_the_table_with_balanced_accu
     assert "- majority-class baseline (always 'A'): 50.0%" in text
     assert "labels" not in bsm["systems"]["system1"] and bsm["systems"]["system1"]["constant"]["answer"] == "A"
     assert plot([bsm])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_no_filter_baseline_starts_from_the_methods_samples(tmp_path):
+    """BASELINES' no-filter run samples what the method's run sampled (an engine-free filter is
+    not in the sample stage's hash): its output_dir gets a copy of samples/, manifest last; a
+    run not finished, a baseline that samples something else, or one with samples of its own get none."""
+    from s2d_ray.outputs import OutputDir, read_manifest, write_manifest
+    from s2d_ray.paper import BASELINES, share_samples
+
+    def cfg(name, *overrides):
+        return load_config("configs/smoke.yaml", [f"output_dir={tmp_path / name}", *overrides])
+
+    method = cfg("run")
+    src = OutputDir(method.output_dir)
+    src.write_text("rows", "samples", "part-a.parquet")
+    write_manifest(src, "samples", config_hash=sample_spec(method).config_hash, parent=None, complete=False)
+    no_filter = cfg("run-no_filter", *BASELINES["no_filter"][1])
+    assert not share_samples(method, no_filter)  # the method's sampling has not finished
+    write_manifest(src, "samples", config_hash=sample_spec(method).config_hash, parent=None, complete=True)
+    assert share_samples(method, no_filter)
+    dst = OutputDir(no_filter.output_dir)
+    assert dst.read_text("samples", "part-a.parquet") == "rows" and read_manifest(dst, "samples") == read_manifest(src, "samples")
+    assert sorted(p.name for p in (tmp_path / "run-no_filter" / "samples").iterdir()) == ["_manifest.json", "part-a.parquet"]
+    assert not share_samples(method, no_filter)  # it has samples now
+    distill_system1 = cfg("run-distill_system1", *(o.format(method="s2a") for o in BASELINES["distill_system1"][1]))
+    assert not share_samples(method, distill_system1) and not (tmp_path / "run-distill_system1").exists()

@@ -145,6 +145,9 @@ def test_pipeline_bad_rows_filters_and_resume(tmp_path):
 
     with pytest.raises(S2DError, match="another config"):
         sample(changed)
+    # usc asked the model while sampling: a majority vote instead is another sample stage
+    with pytest.raises(S2DError, match="another config"):
+        sample(load_config(ROOT / "configs" / "smoke.yaml", [*overrides, "sample.filter.kind=majority"]))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,7 +1,9 @@
 """Self-consistency filters: which inputs (and which final answer) enter the distillation set.
 
 Filters are generators like programs, so one that needs the model (universal
-self-consistency) asks the engine through the same driver (``programs.driver``).
+self-consistency) asks the engine through the same driver (``programs.driver``). The others
+(``ENGINE_FREE``) decide from the samples alone: they are applied again to samples/ whenever
+distill/ is built (``decide``), so changing one of them rebuilds distill/ without sampling again.
 """
 
 from __future__ import annotations
@@ -116,3 +118,14 @@ def perturbation(samples: list[Sample], min_agreement: float, question: str, ans
 
 
 FILTERS = {"majority": majority, "usc": usc, "perturbation": perturbation, "none": no_filter}
+ENGINE_FREE = frozenset({"majority", "perturbation", "none"})  # usc asks the model: decided while sampling
+
+
+def decide(kind: str, samples: list[Sample], min_agreement: float, question: str, answers: AnswerSpec) -> Decision:
+    """The decision of an engine-free filter (``ENGINE_FREE``) on one input's samples."""
+    run = FILTERS[kind](samples, min_agreement, question, answers)
+    try:
+        next(run)
+    except StopIteration as done:
+        return done.value
+    raise ValueError(f"sample.filter.kind {kind!r} asks the engine: it is decided while sampling, not from stored samples")

@@ -13,7 +13,7 @@ from s2d_ray.inputs import read_inputs
 from s2d_ray.outputs import OutputDir
 from s2d_ray.runtime import init_ray
 from s2d_ray.sampling.views import paraphrase, write_views
-from s2d_ray.stage import run_stage, sample_spec
+from s2d_ray.stage import refilter, run_stage, sample_spec
 
 
 def sample(cfg: RunConfig) -> dict[str, Any]:
@@ -25,8 +25,9 @@ def sample(cfg: RunConfig) -> dict[str, Any]:
     ds = read_inputs(cfg.data.train, cfg.data.n_train, cfg.data.seed, "train")
     stats = run_stage(ds, {"sample": spec}, cfg.sample.actors, out, "samples",
                       title=f"sample ({cfg.sample.method} x{cfg.sample.n_samples})")
-    counts = write_derived(out, spec.config_hash, cfg.task_spec, cfg.sample.filter.balance)
-    rewording = paraphrase(cfg, out, spec.config_hash) if cfg.sample.paraphrase.views else None
+    decide = refilter(spec)  # an engine-free filter decides here, so changing it does not sample again
+    counts = write_derived(out, spec.config_hash, cfg.task_spec, cfg.sample.filter.balance, decide)
+    rewording = paraphrase(cfg, out, spec.config_hash, decide) if cfg.sample.paraphrase.views else None
     views = write_views(cfg, out)
     total = sum(counts.get(s, 0) for s in ("kept", "dropped", "rejected"))
     n_kept, n_rejected = counts.get("kept", 0) - counts.get("capped", 0), counts.get("rejected", 0)

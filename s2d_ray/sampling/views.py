@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from s2d_ray.config import RunConfig, content
-from s2d_ray.datasets import ShardSink, files_digest, read_results
+from s2d_ray.datasets import Refilter, ShardSink, files_digest, read_results, read_samples
 from s2d_ray.inputs import INPUT_SCHEMA
 from s2d_ray.outputs import DISTILL_COLUMNS, KEPT_COLUMNS, RESULT_SCHEMA, OutputDir, new_run_id, read_manifest, run_files, write_manifest
 from s2d_ray.programs import program_fingerprint
@@ -64,12 +64,13 @@ def _kept_inputs(batch: pa.Table) -> pa.Table:
                      "seq": pa.array(range(n), pa.int64())}, schema=INPUT_SCHEMA)
 
 
-def paraphrase(cfg: RunConfig, out: OutputDir, parent: str) -> StageStats:
-    """Reword the kept inputs of samples/ not yet in paraphrases/ (``parent``: samples/' hash)."""
+def paraphrase(cfg: RunConfig, out: OutputDir, parent: str, decide: Refilter | None = None) -> StageStats:
+    """Reword the kept inputs of samples/ (as ``decide`` decides them) not yet in paraphrases/
+    (``parent``: samples/' hash)."""
     files = out.files("samples")
     if not files:
         return StageStats()
-    ds = read_results(out, files, ["id", "input", "meta", "source", "status"]).map_batches(
+    ds = read_samples(out, files, ["id", "input", "meta", "source", "status"], decide).map_batches(
         _kept_inputs, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
     spec = paraphrase_spec(cfg)
     return run_stage(ds, {"paraphrase": spec}, cfg.sample.actors, out, paraphrase_dir(spec), parent=parent,

@@ -4,13 +4,17 @@ picklable ``StageSpec``. Sampling builds one from the run config; evaluation bui
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s2d_ray.config import RunConfig
 from s2d_ray.engine import Sampling
 from s2d_ray.programs import Program, get_program, program_fingerprint, program_template, system1_program
+from s2d_ray.programs.filters import ENGINE_FREE
 from s2d_ray.tasks import generator_fingerprint
 from s2d_ray.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from s2d_ray.datasets import Refilter
 
 
 @dataclass
@@ -51,7 +55,10 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
     payload = {"data": {**{k: getattr(cfg.data, k) for k in ("train", "n_train", "seed")},
                         "generator": generator_fingerprint(cfg.data.train)},
                "task": spec.model_dump() if spec else None, "program": program_fingerprint(s.method),
-               **({"system1_of": program_fingerprint(s.system1_of)} if s.system1_of else {})}
+               **({"system1_of": program_fingerprint(s.system1_of)} if s.system1_of else {}),
+               # an engine-free filter is applied to the samples when distill/ is built (refilter), not here
+               **({} if s.filter.kind in ENGINE_FREE else {"filter": {"kind": s.filter.kind,
+                                                                        "min_agreement": s.filter.min_agreement}})}
     return StageSpec(
         model=cfg.model,
         method=s.method,
@@ -67,3 +74,13 @@ def sample_spec(cfg: RunConfig) -> StageSpec:
         min_agreement=s.filter.min_agreement,
         config_hash=cfg.stage_hash("sample", extra=payload),
     )
+
+
+def refilter(spec: StageSpec) -> Refilter | None:
+    """How samples/ rows are decided when distill/ is built: by the sampling spec's filter
+    when it is engine-free (as sampled otherwise: usc asked the model while sampling)."""
+    from s2d_ray.datasets import Refilter
+
+    if spec.filter not in ENGINE_FREE:
+        return None
+    return Refilter(spec.filter, spec.min_agreement, spec.program().answers)
