@@ -77,7 +77,6 @@ class Program(ABC):
     an engine call with the task's system prompt, ``self.extract`` reads a final answer."""
 
     name: str
-    default_filter: str = "majority"
 
     def __init__(self, task: "TaskSpec | None" = None) -> None:
         self.task = task

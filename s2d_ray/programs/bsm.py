@@ -43,7 +43,6 @@ def _criteria(text: str, k: int) -> list[str]:
 
 class BSM(Program):
     name = "bsm"
-    default_filter = "perturbation"
     max_criteria = 3
 
     def __init__(self, task: TaskSpec | None = None) -> None:

@@ -95,7 +95,6 @@ class Paraphrase(Program):
     Run with filter ``none``: a row is kept when one rewording is accepted."""
 
     name = "paraphrase"
-    default_filter = "none"
 
     def run(self, row: dict[str, Any], n: int) -> ProgramRun:
         (outs,) = yield [self.call(REWORD.format(input=row["input"]), n=n)]
