@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from s2d_ray import console
 from s2d_ray.config import RunConfig, content
 from s2d_ray.errors import S2DError
 from s2d_ray.evaluation.metrics import (label_summary, one_label_warning, paired_balanced_delta, paired_bootstrap_delta,
@@ -243,6 +244,19 @@ def score_stage(out: OutputDir, stage: str, specs: dict[str, StageSpec], cfg: Ru
     return new
 
 
+def _drop_replaced_model_results(out: OutputDir, model_hash: str) -> None:
+    """``eval/distilled`` follows ``model/``: once training replaced the model (a new
+    distillation set, e.g. another ``min_agreement``), results of the old one describe a model
+    that no longer exists, so they are deleted and the new model is evaluated afresh. Results
+    without a recorded model still meet ``check_config``'s refusal."""
+    manifest = read_manifest(out, "eval/distilled")
+    old = manifest.get("parent") if manifest else None
+    if old is not None and old != model_hash:
+        console.say(f"eval: {out.uri('eval/distilled')} holds results of the model trained for {old}; model/ is now "
+                    f"trained for {model_hash}: deleting them and evaluating the new model")
+        out.remove("eval/distilled")
+
+
 def evaluate(cfg: RunConfig) -> dict[str, Any]:
     """Run all evaluation jobs (resumable) and write report.json/.md/.png."""
     import ray
@@ -261,6 +275,7 @@ def evaluate(cfg: RunConfig) -> dict[str, Any]:
     dist_hash = cfg.stage_hash("eval", extra={"data": data, "train": trained["config_hash"], "task": task,
                                               "system1": program_fingerprint("direct")})
     stages = {"distilled": _specs(cfg, out.uri("model"), dist_hash, system2=False)}
+    _drop_replaced_model_results(out, trained["config_hash"])
     if cfg.eval.base:
         stages = {"base": _specs(cfg, cfg.model, base_hash, system2=True), **stages}
     stats, scored = {}, {}
